@@ -1,0 +1,558 @@
+"""litejobs jobs: the Huey instance, the job history it keeps, and every task.
+
+`huey_consumer jobs.huey` imports this one module and so registers every
+task. Each task call is a `Job` row (models.py) kept in step with huey's
+signals; consumers heartbeat and a reaper runs again the jobs of consumers
+that died, so a job accepted once reaches a terminal state.
+"""
+
+import datetime
+import inspect
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+import types
+import typing
+import uuid
+
+from huey import consumer as huey_consumer
+from huey import Huey, signals
+from huey.exceptions import CancelExecution, TaskTimeout
+from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
+from peewee import IntegrityError, PeeweeException
+
+import settings
+from models import Job, Worker, utcnow
+
+logger = logging.getLogger("litejobs.jobs")
+
+
+class JobError(Exception):
+    """Raise to fail a job with exactly this message."""
+
+
+class ArgumentError(ValueError):
+    """Arguments that do not fit a function; `field` names the culprit."""
+
+    def __init__(self, field, message):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Conflict(Exception):
+    """The action is not possible in the job's current state."""
+
+
+class Unavailable(Exception):
+    """The database or the queue storage cannot be reached; nothing was written."""
+
+
+# -- The Huey instance ----------------------------------------------------------
+class LitejobsHuey(Huey):
+    """Huey whose consumers heartbeat, recover lost jobs and stop gracefully."""
+
+    def create_consumer(self, **options):
+        return Consumer(self, **options)
+
+
+def make_huey(url):
+    """A LitejobsHuey storing its queue at `url` (sqlite, redis or postgresql)."""
+    # Results live in the Job table, so huey keeps none (faster drains, no leftovers).
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return LitejobsHuey("litejobs", results=False, storage_class=SqliteStorage, filename=path, timeout=10)
+    if url.startswith(("redis://", "rediss://")):
+        # The priority storage is the one that honours queue priorities on Redis.
+        return LitejobsHuey("litejobs", results=False, storage_class=PriorityRedisStorage, url=url)
+    return LitejobsHuey("litejobs", results=False, storage_class=PostgresStorage, dsn=url)
+
+
+huey = make_huey(settings.QUEUE_URL)
+
+
+def use_queue(url):
+    """Point the existing `huey` (and its registered tasks) at another queue storage."""
+    other = make_huey(url)
+    huey.storage.close()
+    huey.storage_class, huey.storage_kwargs, huey.storage = other.storage_class, other.storage_kwargs, other.storage
+
+
+def check_queue():
+    """Raise when the queue storage cannot answer."""
+    huey.storage.queue_size()
+
+
+# -- Functions: tasks with a signature the API can validate ---------------------
+_TYPES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
+_HUEY_OPTIONS = {"id", "eta", "delay", "retries", "retry_delay", "retry_backoff", "priority", "expires", "timeout"}
+
+
+class Param:
+    """One argument of a function: its name, JSON type, default and range."""
+
+    def __init__(self, name, annotation, default, bounds):
+        self.name = name
+        self.required = default is inspect.Parameter.empty
+        self.default = None if self.required else default
+        self.nullable = default is None
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            self.nullable = self.nullable or type(None) in args
+            annotation = next((a for a in args if a is not type(None)), typing.Any)
+        annotation = typing.get_origin(annotation) or annotation
+        self.type = _TYPES.get(annotation, "any")
+        self.bounds = bounds
+
+    def to_dict(self):
+        spec = {"name": self.name, "type": self.type, "required": self.required}
+        if not self.required:
+            spec["default"] = self.default
+        if self.bounds:
+            spec["minimum"], spec["maximum"] = self.bounds
+        return spec
+
+    def check(self, value):
+        """The value to pass on, or ArgumentError."""
+        if value is None and self.nullable:
+            return None
+        ok = {
+            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+            "bool": lambda v: isinstance(v, bool),
+            "list": lambda v: isinstance(v, list),
+            "dict": lambda v: isinstance(v, dict),
+            "any": lambda v: True,
+        }[self.type]
+        if not ok(value):
+            shown = repr(value) if isinstance(value, str) else json.dumps(value)
+            raise ArgumentError(self.name, f"expected {self.type}, got {shown}")
+        if self.type == "float":
+            value = float(value)
+        if self.bounds:
+            low, high = self.bounds
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise ArgumentError(self.name, f"must be from {low} to {high}, got {value}")
+        return value
+
+
+class Function:
+    """A task with what the API needs: its parameters, queue and retry policy."""
+
+    def __init__(self, wrapper, func, queue, retries, public, bounds):
+        self.wrapper = wrapper
+        self.name = func.__name__
+        self.doc = inspect.getdoc(func) or ""
+        self.queue = queue
+        self.retries = retries
+        self.public = public
+        hints = typing.get_type_hints(func)
+        self.params = [
+            Param(p.name, hints.get(p.name, typing.Any), p.default, bounds.get(p.name))
+            for p in inspect.signature(func).parameters.values()
+        ]
+
+    @property
+    def priority(self):
+        return settings.QUEUE_PRIORITIES.get(self.queue, 0)
+
+    def to_dict(self):
+        return {
+            "name": self.name,
+            "doc": self.doc,
+            "params": [p.to_dict() for p in self.params],
+            "queue": self.queue,
+            "retries": self.retries,
+        }
+
+    def validate(self, args):
+        """Checked keyword arguments from a JSON object, or ArgumentError."""
+        known = {p.name for p in self.params}
+        for name in args:
+            if name not in known:
+                raise ArgumentError(name, f"unknown argument; {self.name} takes {', '.join(sorted(known)) or 'none'}")
+        clean = {}
+        for param in self.params:
+            if param.name in args:
+                clean[param.name] = param.check(args[param.name])
+            elif param.required:
+                raise ArgumentError(param.name, "missing required argument")
+        return clean
+
+
+FUNCTIONS = {}
+
+
+def task(queue="default", retries=0, retry_delay=0, retry_backoff=1, timeout=None, public=False, bounds=None, **options):
+    """Register a task with its job history; `public=True` makes it callable over HTTP.
+
+    `bounds` maps an argument to its (low, high) range, checked before enqueue.
+    """
+
+    def decorator(func):
+        clash = _HUEY_OPTIONS & set(inspect.signature(func).parameters)
+        if clash:
+            raise TypeError(f"{func.__name__}: parameter names {sorted(clash)} are reserved by huey")
+        wrapper = huey.task(
+            retries=retries,
+            retry_delay=retry_delay,
+            retry_backoff=retry_backoff,
+            timeout=timeout,
+            priority=settings.QUEUE_PRIORITIES.get(queue, 0),
+            **options,
+        )(func)
+        FUNCTIONS[func.__name__] = Function(wrapper, func, queue, retries, public, bounds or {})
+        return wrapper
+
+    return decorator
+
+
+def public_functions():
+    return [f for f in FUNCTIONS.values() if f.public]
+
+
+# -- Enqueueing -------------------------------------------------------------------
+_wake = threading.Event()
+
+
+def submit(
+    name,
+    args=None,
+    *,
+    delay=None,
+    eta=None,
+    priority=None,
+    api_key_id=None,
+    idempotency_key=None,
+    parent_id=None,
+    checked=False,
+):
+    """Record and enqueue a call of function `name`; returns (job, created).
+
+    The row is written first and the message second; if the message cannot be
+    written the row is removed again, so a failure leaves nothing behind.
+    """
+    function = FUNCTIONS[name]
+    args = args or {}
+    kwargs = args if checked else function.validate(args)
+    if delay is not None:
+        eta = utcnow() + datetime.timedelta(seconds=delay)
+    if priority is None:
+        priority = function.priority
+    try:
+        if idempotency_key is not None:
+            existing = Job.by_idempotency_key(api_key_id, name, idempotency_key)
+            if existing is not None:
+                return _same_call(existing, kwargs), False
+        job = Job.create(
+            id=str(uuid.uuid4()),
+            name=name,
+            args=json.dumps(kwargs),
+            status="scheduled" if eta and eta > utcnow() else "queued",
+            queue=function.queue,
+            priority=priority,
+            scheduled_for=eta,
+            parent_id=parent_id,
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+        )
+    except IntegrityError:
+        # Another request with the same idempotency key won the race.
+        return _same_call(Job.by_idempotency_key(api_key_id, name, idempotency_key), kwargs), False
+    except PeeweeException as exc:
+        raise Unavailable(f"database unavailable: {exc}") from exc
+    try:
+        _enqueue(function, job.id, kwargs, eta, priority)
+    except Exception as exc:
+        Job.delete_by_id(job.id)
+        raise Unavailable(f"queue storage unavailable: {exc}") from exc
+    return job, True
+
+
+def _same_call(job, kwargs):
+    if job.args_dict != kwargs:
+        raise Conflict(f"Idempotency-Key already used for job {job.id} with other arguments")
+    return job
+
+
+def _enqueue(function, job_id, kwargs, eta=None, priority=None):
+    message = function.wrapper.s(id=job_id, eta=eta, priority=priority, **kwargs)
+    message.recorded = True
+    huey.enqueue(message)
+    _wake.set()
+
+
+def enqueue(name, **kwargs):
+    """Enqueue a call from Python code (tasks, CLI); returns the job."""
+    job, _ = submit(name, kwargs)
+    return job
+
+
+def cancel(job):
+    """Cancel a waiting job (it never runs) or ask a running one to stop."""
+    if job.is_terminal:
+        raise Conflict(f"job {job.id} is already {job.status}")
+    if job.status == "running":
+        Job.request_cancel(job.id)
+    else:
+        huey.revoke_by_id(job.id, revoke_once=True)
+        Job.mark_finished(job.id, "canceled", error="canceled before it ran")
+    return Job.get_by_id(job.id)
+
+
+def retry(job, api_key_id=None):
+    """A new job with the same function and arguments; `parent_id` links them."""
+    if not job.is_terminal:
+        raise Conflict(f"job {job.id} is {job.status}; only a finished job can be retried")
+    if job.name not in FUNCTIONS:
+        raise Conflict(f"function {job.name} no longer exists")
+    new, _ = submit(job.name, job.args_dict, api_key_id=api_key_id, parent_id=job.id, checked=True)
+    return new
+
+
+def wait(job_id, timeout):
+    """The job once terminal, or as it is when `timeout` seconds ran out."""
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        job = Job.get_by_id(job_id)
+        if job.is_terminal or time.monotonic() >= deadline:
+            return job
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+        pause = min(pause * 1.5, 0.05)
+
+
+# -- Keeping the history in step with huey ---------------------------------------
+_current = threading.local()
+
+
+def current_job_id():
+    """The id of the job running in this worker, or None outside a job."""
+    return getattr(_current, "job_id", None)
+
+
+def progress(done, total=None, message=None):
+    """Report progress of the running job; stops it when it was canceled or timed out.
+
+    Thread workers cannot be interrupted, so long jobs call this regularly: it
+    raises CancelExecution for a canceled job and TaskTimeout past its timeout.
+    """
+    job_id = current_job_id()
+    if job_id is None:
+        return
+    Job.set_progress(job_id, done, total, message)
+    if Job.select(Job.cancel_requested).where(Job.id == job_id).scalar():
+        raise CancelExecution("canceled while running", retry=False)
+    _current.task.check_timeout()
+
+
+def _worker_name():
+    return f"{settings.HOSTNAME}:{os.getpid()}:{threading.current_thread().name}"
+
+
+@huey.signal(signals.SIGNAL_ENQUEUED)
+def _record_enqueued(signal_name, message):
+    """Record calls that did not come through submit(): periodic ticks, plain task() calls."""
+    if getattr(message, "recorded", False):
+        return
+    Job.insert(
+        id=message.id,
+        name=message.name,
+        args=json.dumps(message.kwargs, default=str),
+        status="queued",
+        queue=FUNCTIONS[message.name].queue if message.name in FUNCTIONS else "default",
+        priority=message.priority or 0,
+    ).on_conflict_ignore().execute()
+
+
+@huey.signal(signals.SIGNAL_SCHEDULED)
+def _record_scheduled(signal_name, message):
+    Job.update(scheduled_for=message.eta).where(Job.id == message.id).execute()
+
+
+@huey.pre_execute()
+def _record_running(message):
+    if not Job.mark_running(message.id, _worker_name(), CONSUMER_ID):
+        if Job.select().where(Job.id == message.id).exists():
+            # Canceled (or otherwise finished) between dequeue and now: do not run it.
+            raise CancelExecution("job already finished", retry=False)
+    _current.job_id = message.id
+    _current.task = message
+
+
+@huey.post_execute()
+def _record_outcome(message, value, exc):
+    _current.job_id = _current.task = None
+    if exc is None:
+        Job.mark_finished(message.id, "succeeded", result=value)
+        return
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, TaskTimeout):
+        error = "timeout"
+    elif isinstance(exc, (JobError, CancelExecution)):
+        error = str(exc) or type(exc).__name__
+    else:
+        error = f"{type(exc).__name__}: {exc}"
+    if message.retries and not (isinstance(exc, CancelExecution) and _cancel_requested(message.id)):
+        Job.mark_retrying(message.id, error, trace)
+    elif isinstance(exc, CancelExecution):
+        Job.mark_finished(message.id, "canceled", error=error)
+    else:
+        Job.mark_finished(message.id, "failed", error=error, traceback=trace)
+
+
+def _cancel_requested(job_id):
+    return bool(Job.select(Job.cancel_requested).where(Job.id == job_id).scalar())
+
+
+@huey.signal(signals.SIGNAL_REVOKED)
+def _record_revoked(signal_name, message):
+    Job.mark_finished(message.id, "canceled", error="canceled before it ran")
+
+
+@huey.signal(signals.SIGNAL_EXPIRED)
+def _record_expired(signal_name, message):
+    Job.mark_finished(message.id, "expired", error="expired before it ran")
+
+
+@huey.signal(signals.SIGNAL_INTERRUPTED)
+def _requeue_interrupted(signal_name, message):
+    """A job cut short by a stop runs again at once instead of being lost."""
+    Job.update(status="queued", worker=None, consumer_id=None, error="interrupted by a consumer stop").where(
+        (Job.id == message.id) & (Job.status == "running")
+    ).execute()
+    message.recorded = True
+    huey.enqueue(message)
+
+
+# -- Consumers: heartbeat, recovery, graceful stop ---------------------------
+CONSUMER_ID = None
+
+
+def reap(now=None):
+    """Run again the jobs whose consumer stopped heartbeating; returns how many.
+
+    Safe with several consumers reaping at once: each job is claimed by a
+    conditional update, and only the one that changed the row enqueues it.
+    """
+    alive = [w.id for w in Worker.alive(now)]
+    orphans = Job.select().where(
+        (Job.status == "running") & Job.consumer_id.is_null(False) & Job.consumer_id.not_in(alive or [""])
+    )
+    recovered = 0
+    for job in orphans:
+        claim = (Job.id == job.id) & (Job.status == "running") & (Job.consumer_id == job.consumer_id)
+        lost = f"worker lost: consumer {job.consumer_id} stopped heartbeating"
+        if job.recoveries >= settings.MAX_RECOVERIES or job.name not in FUNCTIONS:
+            Job.update(status="failed", error=lost, finished_at=utcnow()).where(claim).execute()
+            continue
+        if Job.update(status="queued", consumer_id=None, error=lost, recoveries=Job.recoveries + 1).where(claim).execute():
+            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority)
+            logger.warning("job %s (%s): %s; running it again", job.id, job.name, lost)
+            recovered += 1
+    return recovered
+
+
+class QueueWorker(huey_consumer.Worker):
+    """A worker that an in-process enqueue wakes at once instead of after its poll delay."""
+
+    def sleep(self):
+        if self.delay > self.max_delay:
+            self.delay = self.max_delay
+        if _wake.wait(self.delay):
+            _wake.clear()
+        self.delay *= self.backoff
+
+
+class Consumer(huey_consumer.Consumer):
+    """huey's consumer plus a Worker row, heartbeats, the reaper and graceful SIGTERM."""
+
+    worker_class = QueueWorker
+
+    def __init__(self, huey_instance, embedded=False, **options):
+        # An idle SQLite consumer would otherwise back off to 10 s between polls.
+        options["max_delay"] = min(options.get("max_delay", 10.0), settings.POLL_MAX_DELAY)
+        options["initial_delay"] = min(options.get("initial_delay", 0.1), settings.POLL_MAX_DELAY)
+        if options.get("shutdown_timeout") is None:
+            options["shutdown_timeout"] = settings.SHUTDOWN_TIMEOUT
+        super().__init__(huey_instance, **options)
+        self.embedded = embedded
+        # SIGTERM (systemd, kill) finishes running jobs like Ctrl-C does.
+        self._signal_actions[signal.SIGTERM] = (False, True)
+        self._next_beat = 0.0
+
+    @property
+    def kind(self):
+        from gevent import monkey
+
+        if self.worker_type == "thread" and monkey.is_module_patched("threading"):
+            return "greenlet"
+        return self.worker_type
+
+    def start(self):
+        global CONSUMER_ID
+        CONSUMER_ID = f"{settings.HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        Worker.create(
+            id=CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers
+        )
+        self._heartbeat()
+        super().start()
+
+    def _set_signal_handlers(self):
+        # Embedded in the web process, the server owns Ctrl-C and SIGTERM.
+        if not self.embedded:
+            super()._set_signal_handlers()
+
+    def _heartbeat(self):
+        self._next_beat = time.monotonic() + settings.HEARTBEAT_INTERVAL
+        try:
+            Worker.beat(CONSUMER_ID)
+            reap()
+        except PeeweeException:
+            logger.exception("heartbeat failed; will try again")
+
+    def loop(self, health_check_ts=None):
+        health_check_ts = super().loop(health_check_ts)
+        if time.monotonic() >= self._next_beat:
+            self._heartbeat()
+        return health_check_ts
+
+    def stop(self, graceful=False):
+        super().stop(graceful)
+        Worker.update(stopped_at=utcnow()).where(Worker.id == CONSUMER_ID).execute()
+
+
+# -- Built-in diagnostics -------------------------------------------------------
+@task(public=True)
+def ping() -> str:
+    """Answer "pong": checks that a consumer picks up jobs."""
+    return "pong"
+
+
+@task(public=True)
+def echo(value: typing.Any):
+    """Return `value` unchanged."""
+    return value
+
+
+@task(public=True, bounds={"seconds": (0, 60)})
+def sleep(seconds: float) -> float:
+    """Sleep `seconds` (at most 60), reporting progress each tenth; cancel stops it."""
+    steps = 10
+    for step in range(steps):
+        progress(step, steps, f"slept {seconds * step / steps:.1f} of {seconds:g} s")
+        time.sleep(seconds / steps)
+    progress(steps, steps, "done")
+    return seconds
+
+
+@task(public=True)
+def fail(message: str):
+    """Fail at once with `message` (no retries): checks error reporting."""
+    raise JobError(message)
+

@@ -1,0 +1,234 @@
+"""litejobs settings: typed values from the environment and `.env`.
+
+This is the only module that reads `os.environ`. Each setting has a default
+and a one-line description; `.env.example` lists them all. A bad value stops
+the program at import with a message naming the variable and the form it
+expects, never with a traceback.
+"""
+
+import os
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent
+
+# The real environment wins over `.env`, so systemd units and tests stay in control.
+load_dotenv(BASE_DIR / ".env", override=False)
+
+SETTINGS = {}  # name -> (default, description), read by the docs test
+_errors = []
+
+
+def _define(name, default, description, parse=str):
+    SETTINGS[name] = (default, description)
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        _errors.append(f"{name}: {exc}")
+        return default
+
+
+def _int(low=None, high=None):
+    def parse(raw):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"expected a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(low=None, high=None):
+    def parse(raw):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"expected a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(raw):
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _choice(*choices):
+    def parse(raw):
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _url(*schemes):
+    forms = {
+        "sqlite": "sqlite:///relative/path.db or sqlite:////absolute/path.db",
+        "redis": "redis://host:port/db",
+        "postgresql": "postgresql://user:password@host:port/dbname",
+        "http": "http://host:port/path",
+        "https": "https://host/path",
+        "smtp": "smtp://user:password@host:port",
+        "smtps": "smtps://user:password@host:port",
+    }
+
+    def parse(raw):
+        scheme = urlsplit(raw).scheme
+        if scheme == "postgres":
+            raw, scheme = "postgresql" + raw[len("postgres") :], "postgresql"
+        if scheme not in schemes:
+            expected = " or ".join(forms[s] for s in schemes)
+            raise ValueError(f"unknown scheme {scheme!r}; use {expected}")
+        return raw
+
+    return parse
+
+
+def _pairs(value_parse):
+    """Parse `a=1,b=2` into {'a': 1, 'b': 2}."""
+
+    def parse(raw):
+        pairs = {}
+        for item in raw.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"expected name=value pairs separated by commas, got {item!r}")
+            pairs[key.strip()] = value_parse(value.strip())
+        return pairs
+
+    return parse
+
+
+def _list(raw):
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# -- Where things live -------------------------------------------------------
+DATA_DIR = Path(_define("DATA_DIR", "./data", "folder for SQLite files, the mail outbox and uploads"))
+if not DATA_DIR.is_absolute():
+    DATA_DIR = (Path.cwd() / DATA_DIR).resolve()
+OUTBOX_DIR = DATA_DIR / "outbox"
+DATABASE_URL = _define(
+    "DATABASE_URL",
+    f"sqlite:///{(DATA_DIR / 'litejobs.db').as_posix()}",
+    "app database: SQLite file in DATA_DIR by default, postgresql://… to scale out",
+    _url("sqlite", "postgresql"),
+)
+QUEUE_URL = _define(
+    "QUEUE_URL",
+    f"sqlite:///{(DATA_DIR / 'queue.db').as_posix()}",
+    "queue storage: SQLite file in DATA_DIR by default, redis://… or postgresql://…",
+    _url("sqlite", "redis", "postgresql"),
+)
+
+# -- The web process ---------------------------------------------------------
+ENV = _define("ENV", "development", "development or production", _choice("development", "production"))
+HOST = _define("HOST", "127.0.0.1", "address the web server listens on")
+PORT = _define("PORT", 8000, "TCP port the web server listens on", _int(1, 65535))
+SECRET_KEY = _define("SECRET_KEY", "", "signs session cookies; required (32+ characters) in production")
+MAX_BODY_BYTES = _define("MAX_BODY_BYTES", 1024 * 1024, "largest JSON body accepted (413 above)", _int(1024))
+UPLOAD_MAX_MB = _define("UPLOAD_MAX_MB", 10, "largest upload accepted, in MiB", _int(1, 1024))
+LOG_LEVEL = _define(
+    "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")
+)
+TIMEZONE = _define("TIMEZONE", "UTC", "time zone that schedule crontabs are read in (IANA name)")
+
+# -- The consumer ------------------------------------------------------------
+WORKERS = _define("WORKERS", 4, "worker threads of the consumer embedded in `web.py run`", _int(1, 256))
+POLL_MAX_DELAY = _define(
+    "POLL_MAX_DELAY", 0.1, "longest pause, in seconds, between queue polls of an idle consumer", _float(0.001, 10)
+)
+SHUTDOWN_TIMEOUT = _define(
+    "SHUTDOWN_TIMEOUT", 30.0, "seconds running jobs get to finish on a graceful stop", _float(0, 3600)
+)
+HEARTBEAT_INTERVAL = _define("HEARTBEAT_INTERVAL", 10.0, "seconds between consumer heartbeats", _float(0.1, 3600))
+HEARTBEAT_TIMEOUT = _define(
+    "HEARTBEAT_TIMEOUT", 60.0, "a consumer silent this long is dead and its running jobs run again", _float(1, 86400)
+)
+MAX_RECOVERIES = _define(
+    "MAX_RECOVERIES", 3, "times a job lost with its worker is run again before it fails", _int(0, 100)
+)
+DEFAULT_QUEUE_PRIORITIES = {
+    "media": 9,
+    "emails": 8,
+    "orders": 8,
+    "users": 7,
+    "notifications": 6,
+    "analytics": 5,
+    "progress": 5,
+    "certificates": 4,
+    "sync": 4,
+    "maintenance": 3,
+    "cleanup": 3,
+    "default": 1,
+}
+QUEUE_PRIORITIES = {
+    **DEFAULT_QUEUE_PRIORITIES,
+    **_define("QUEUE_PRIORITIES", {}, "queue priorities over the defaults, e.g. media=9,emails=8", _pairs(_int())),
+}
+JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in the history", _int(1, 3650))
+
+# -- Orders and the provider -------------------------------------------------
+PROVIDER_URL = _define("PROVIDER_URL", "", "order provider base URL; empty: the built-in sandbox", _url("http", "https"))
+PROVIDER_TOKEN = _define("PROVIDER_TOKEN", "sandbox-token", "token sent to the provider in the X-Provider-Token header")
+PROVIDER_TIMEOUT = _define("PROVIDER_TIMEOUT", 10.0, "seconds to wait for the provider", _float(0.1, 300))
+ORDER_FIRST_CHECK_DELAY = _define(
+    "ORDER_FIRST_CHECK_DELAY", 60.0, "seconds from dispatch to the first status check", _float(0, 86400)
+)
+ORDER_BACKOFF_BASE = _define("ORDER_BACKOFF_BASE", 30.0, "first delay between status checks", _float(0, 86400))
+ORDER_BACKOFF_MAX = _define("ORDER_BACKOFF_MAX", 600.0, "longest delay between status checks", _float(0, 86400))
+ORDER_MAX_CHECKS = _define("ORDER_MAX_CHECKS", 20, "status checks before an order fails", _int(1, 10000))
+ORDER_DEADLINE_HOURS = _define(
+    "ORDER_DEADLINE_HOURS", 24.0, "hours after which a pending order fails", _float(0.001, 8760)
+)
+ORDER_BATCH_SIZE = _define("ORDER_BATCH_SIZE", 100, "most orders one sweep enqueues checks for", _int(1, 100000))
+SANDBOX_COMPLETE_AFTER = _define(
+    "SANDBOX_COMPLETE_AFTER", 5.0, "seconds from dispatch until a sandbox order completes", _float(0, 86400)
+)
+SANDBOX_LATENCY_MS = _define("SANDBOX_LATENCY_MS", 50, "latency of each sandbox provider call", _int(0, 60000))
+SANDBOX_FAILURE_RATE = _define(
+    "SANDBOX_FAILURE_RATE", 0.0, "share (0.0 to 1.0) of sandbox calls that answer 500", _float(0, 1)
+)
+
+# -- Mail ------------------------------------------------------------------
+SMTP_URL = _define(
+    "SMTP_URL", "", "smtp://user:pass@host:port or smtps://…; empty: .eml files in DATA_DIR/outbox", _url("smtp", "smtps")
+)
+MAIL_FROM = _define("MAIL_FROM", "litejobs <noreply@localhost>", "From address of mails litejobs sends")
+BASE_URL = _define("BASE_URL", "", "public URL of the web app, used for links in mails; empty: http://HOST:PORT")
+
+if _errors:
+    sys.exit("litejobs: invalid settings:\n  " + "\n  ".join(_errors))
+
+if not BASE_URL:
+    BASE_URL = f"http://{HOST}:{PORT}"
+
+_PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "development"}
+if ENV == "production" and (SECRET_KEY.lower() in _PLACEHOLDER_SECRETS or len(SECRET_KEY) < 32):
+    sys.exit(
+        "litejobs: SECRET_KEY must be set to a random value of 32+ characters when ENV=production; "
+        'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+    )
+if not SECRET_KEY:
+    # Development only: a fixed per-checkout key keeps sessions across restarts.
+    SECRET_KEY = "dev-only-" + str(BASE_DIR)
+
+HOSTNAME = socket.gethostname()
