@@ -18,6 +18,7 @@ from peewee import (
     DatabaseProxy,
     DateTimeField,
     FloatField,
+    ForeignKeyField,
     IntegerField,
     Model,
     SqliteDatabase,
@@ -159,6 +160,38 @@ class User(BaseModel):
             "active": self.active,
             "created_at": isoformat(self.created_at),
         }
+
+
+class Token(BaseModel):
+    """A secret handed to a user (dashboard session, password reset, email
+    confirmation…); only its SHA-256 is stored."""
+
+    user = ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
+    kind = CharField(index=True)
+    token_hash = CharField(unique=True)
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(index=True)
+    last_used_at = DateTimeField(null=True)
+
+    @classmethod
+    def issue(cls, user, kind, lifetime):
+        """Create a token valid for `lifetime` (a timedelta); returns (row, the plain token)."""
+        plain = secrets.token_urlsafe(32)
+        row = cls.create(user=user, kind=kind, token_hash=ApiKey.hash(plain), expires_at=utcnow() + lifetime)
+        return row, plain
+
+    @classmethod
+    def find(cls, plain, kind, now=None):
+        """The live token of `kind` matching `plain`, or None."""
+        if not plain:
+            return None
+        return cls.get_or_none(
+            (cls.token_hash == ApiKey.hash(plain)) & (cls.kind == kind) & (cls.expires_at > (now or utcnow()))
+        )
+
+    @classmethod
+    def expired(cls, now=None):
+        return cls.select().where(cls.expires_at <= (now or utcnow()))
 
 
 class Worker(BaseModel):
@@ -376,7 +409,7 @@ class Job(BaseModel):
         cls.update(cancel_requested=True).where(cls.id == job_id).execute()
 
 
-MODELS = [SchemaVersion, ApiKey, User, Worker, Job]
+MODELS = [SchemaVersion, ApiKey, User, Token, Worker, Job]
 
 # Each migration takes a SchemaMigrator; append, never edit or reorder.
 MIGRATIONS = []
