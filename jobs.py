@@ -64,7 +64,7 @@ def make_huey(url):
     # Results live in the Job table, so huey keeps none (faster drains, no leftovers).
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        settings.ensure_dir(os.path.dirname(path) or ".", "QUEUE_URL")
         return LitejobsHuey("litejobs", results=False, storage_class=SqliteStorage, filename=path, timeout=10)
     if url.startswith(("redis://", "rediss://")):
         # The priority storage is the one that honours queue priorities on Redis.

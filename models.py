@@ -62,7 +62,7 @@ def open_database(url):
     """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        settings.ensure_dir(path.parent, "DATABASE_URL")
         # IMMEDIATE: a write transaction takes the lock up front, so it waits on
         # the busy timeout instead of failing later with SQLITE_BUSY_SNAPSHOT.
         return SqliteDatabase(

@@ -232,3 +232,14 @@ if not SECRET_KEY:
     SECRET_KEY = "dev-only-" + str(BASE_DIR)
 
 HOSTNAME = socket.gethostname()
+
+
+def ensure_dir(path, setting):
+    """Create folder `path`, or stop with a message naming the setting that chose it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"litejobs: cannot create the folder {path} ({setting}): {exc.strerror}")
+
+
+ensure_dir(DATA_DIR, "DATA_DIR")

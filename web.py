@@ -174,6 +174,7 @@ def close_connection():
 
 def _error_page(error):
     status = error.status_code
+    response.set_header("X-Request-Id", request_id())
     if status >= 500:
         logger.error("request %s failed: %s\n%s", request_id(), error.exception, error.traceback or "")
     codes = {400: "bad_json", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}

@@ -1,0 +1,132 @@
+"""Settings: defaults, `.env`, clear errors at start, and the docs listing every one."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code, tmp_path, **env):
+    """Run `code` in a fresh interpreter in the project folder with only `env` set."""
+    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ.update({"DATA_DIR": str(tmp_path / "data"), **env})
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("PORT", "eighty", "PORT: expected a whole number, got 'eighty'"),
+        ("PORT", "70000", "PORT: expected a number from 1 to 65535"),
+        ("ENV", "prod", "ENV: expected one of development, production"),
+        ("QUEUE_URL", "rediss2://x", "QUEUE_URL: unknown scheme 'rediss2'; use sqlite:///"),
+        ("DATABASE_URL", "mysql://x", "DATABASE_URL: unknown scheme 'mysql'"),
+        ("SANDBOX_FAILURE_RATE", "2", "SANDBOX_FAILURE_RATE: expected a number from 0 to 1"),
+        ("QUEUE_PRIORITIES", "media", "QUEUE_PRIORITIES: expected name=value pairs"),
+    ],
+)
+def test_bad_value_stops_with_a_message_naming_it(tmp_path, name, value, expected):
+    result = run_python("import settings", tmp_path, **{name: value})
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("secret", ["", "change-me", "short"])
+def test_production_refuses_placeholder_secret_key(tmp_path, secret):
+    result = run_python("import settings", tmp_path, ENV="production", SECRET_KEY=secret)
+    assert result.returncode != 0
+    assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_production_accepts_a_real_secret_key(tmp_path):
+    result = run_python("import settings; print(settings.ENV)", tmp_path, ENV="production", SECRET_KEY="x" * 40)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "production"
+
+
+def test_defaults_and_derived_paths(tmp_path):
+    code = "import settings; print(settings.PORT, settings.HOST, settings.DATA_DIR, settings.QUEUE_URL)"
+    result = run_python(code, tmp_path)
+    port, host, data_dir, queue_url = result.stdout.split()
+    assert (port, host) == ("8000", "127.0.0.1")
+    assert Path(data_dir).is_absolute() and queue_url == f"sqlite:///{Path(data_dir).as_posix()}/queue.db"
+
+
+def test_dotenv_is_read_but_environment_wins(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "settings.py").write_text((ROOT / "settings.py").read_text())
+    (project / ".env").write_text("PORT=9001\nHOST=0.0.0.0\n")
+    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ.update(HOST="127.0.0.2", DATA_DIR=str(tmp_path / "data"))
+    result = subprocess.run(
+        [sys.executable, "-c", "import settings; print(settings.PORT, settings.HOST)"],
+        cwd=project,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.split() == ["9001", "127.0.0.2"], result.stderr
+
+
+def test_env_example_lists_every_setting():
+    listed = set(re.findall(r"^# ([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    missing = set(settings.SETTINGS) - listed
+    assert not missing, f".env.example lacks {sorted(missing)}"
+    unknown = listed - set(settings.SETTINGS)
+    assert not unknown, f".env.example lists unknown settings {sorted(unknown)}"
+
+
+def test_only_settings_reads_the_environment():
+    for path in ROOT.glob("*.py"):
+        if path.name != "settings.py":
+            assert "os.environ" not in path.read_text(), f"{path.name} reads os.environ"
+
+
+def test_create_key_prints_the_key_last_and_stores_only_its_hash(tmp_path):
+    result = run_python("import web; web.main(['create-key', 'ci'])", tmp_path)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("lj_") and len(key) > 30
+    database = tmp_path / "data" / "litejobs.db"
+    check = run_python(
+        "import models; row = models.ApiKey.authenticate(%r); print(row.name, row.key_hash != %r)" % (key, key),
+        tmp_path,
+    )
+    assert check.stdout.split() == ["ci", "True"], check.stderr
+    assert key.encode() not in database.read_bytes()
+
+
+def test_create_user_then_duplicate_is_refused(tmp_path):
+    code = "import web; web.main(['create-user', 'Ann@Example.com', '--admin', '--password', 'long enough'])"
+    first = run_python(code, tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = run_python(code, tmp_path)
+    assert second.returncode != 0 and "exists already" in second.stderr and "Traceback" not in second.stderr
+
+
+def test_unwritable_data_dir_stops_with_a_clear_message(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_python("import web; web.main(['create-key', 'x'])", tmp_path, DATA_DIR=str(blocker / "data"))
+    assert result.returncode != 0
+    assert "litejobs:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_database_stops_with_a_clear_message(tmp_path):
+    result = run_python(
+        "import web; web.main(['create-key', 'x'])", tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"
+    )
+    assert result.returncode != 0
+    assert "cannot start" in result.stderr and "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
