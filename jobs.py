@@ -26,7 +26,7 @@ from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
 import settings
-from models import Job, Worker, utcnow
+from models import WAITING, Job, Worker, utcnow
 
 logger = logging.getLogger("litejobs.jobs")
 
@@ -455,7 +455,40 @@ def reap(now=None):
             _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority)
             logger.warning("job %s (%s): %s; running it again", job.id, job.name, lost)
             recovered += 1
-    return recovered
+    return recovered + requeue_lost(now)
+
+
+_suspects = set()  # waiting jobs whose message was missing at the last look
+
+
+def requeue_lost(now=None):
+    """Enqueue again waiting jobs whose queue message vanished; returns how many.
+
+    huey deletes a message when a worker takes it, so a consumer killed between
+    taking a message and marking its job running loses it. A waiting job older
+    than HEARTBEAT_TIMEOUT whose message is in neither the queue nor the
+    schedule at two looks in a row (a heartbeat apart) is enqueued again.
+    """
+    global _suspects
+    cutoff = (now or utcnow()) - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
+    waiting = list(Job.select().where(Job.status.in_(WAITING) & (Job.enqueued_at < cutoff)).limit(1000))
+    if not waiting:
+        _suspects = set()
+        return 0
+    present = {message.id for message in huey.pending()} | {message.id for message in huey.scheduled()}
+    missing = [job for job in waiting if job.id not in present]
+    requeued = 0
+    for job in missing:
+        if job.id not in _suspects or job.name not in FUNCTIONS:
+            continue
+        claim = (Job.id == job.id) & (Job.status == job.status) & (Job.recoveries == job.recoveries)
+        error = "queue message lost with a consumer; enqueued again"
+        if Job.update(recoveries=Job.recoveries + 1, error=error).where(claim).execute():
+            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, eta=job.scheduled_for, priority=job.priority)
+            logger.warning("job %s (%s): %s", job.id, job.name, error)
+            requeued += 1
+    _suspects = {job.id for job in missing}
+    return requeued
 
 
 class QueueWorker(huey_consumer.Worker):
@@ -513,7 +546,7 @@ class Consumer(huey_consumer.Consumer):
         try:
             Worker.beat(CONSUMER_ID)
             reap()
-        except PeeweeException:
+        except Exception:  # a database or queue outage must not kill the consumer's main loop
             logger.exception("heartbeat failed; will try again")
 
     def loop(self, health_check_ts=None):
