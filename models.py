@@ -362,7 +362,6 @@ class Job(BaseModel):
                 worker=worker,
                 consumer_id=consumer_id,
                 attempts=cls.attempts + 1,
-                scheduled_for=None,
             )
             .where((cls.id == job_id) & cls.status.not_in(TERMINAL))
             .execute()

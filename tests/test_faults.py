@@ -26,7 +26,7 @@ def start_consumer(tmp_path, *args):
     environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
     environ.update(
         DATA_DIR=str(tmp_path),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
+        DATABASE_URL=os.environ.get("FAULT_DATABASE_URL") or f"sqlite:///{tmp_path / 'app.db'}",
         QUEUE_URL=os.environ.get("FAULT_QUEUE_URL") or f"sqlite:///{tmp_path / 'queue.db'}",
         HEARTBEAT_INTERVAL="0.3",
         HEARTBEAT_TIMEOUT="2",
