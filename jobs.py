@@ -26,7 +26,7 @@ from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
 import settings
-from models import WAITING, Job, Worker, utcnow
+from models import WAITING, Job, Slot, Worker, utcnow
 
 logger = logging.getLogger("litejobs.jobs")
 
@@ -144,8 +144,9 @@ class Param:
 class Function:
     """A task with what the API needs: its parameters, queue and retry policy."""
 
-    def __init__(self, wrapper, func, queue, retries, public, bounds):
+    def __init__(self, wrapper, func, queue, retries, public, bounds, limit=None):
         self.wrapper = wrapper
+        self.limit = limit
         self.name = func.__name__
         self.doc = inspect.getdoc(func) or ""
         self.queue = queue
@@ -160,6 +161,17 @@ class Function:
     @property
     def priority(self):
         return settings.QUEUE_PRIORITIES.get(self.queue, 0)
+
+    @property
+    def limits(self):
+        """The (slot key, limit) pairs a run of this function must fit under."""
+        limits = []
+        if self.queue in settings.CONCURRENCY_LIMITS:
+            limits.append((f"queue:{self.queue}", settings.CONCURRENCY_LIMITS[self.queue]))
+        limit = settings.CONCURRENCY_LIMITS.get(self.name, self.limit)
+        if limit:
+            limits.append((f"function:{self.name}", limit))
+        return limits
 
     def to_dict(self):
         return {
@@ -188,10 +200,22 @@ class Function:
 FUNCTIONS = {}
 
 
-def task(queue="default", retries=0, retry_delay=0, retry_backoff=1, timeout=None, public=False, bounds=None, **options):
+def task(
+    queue="default",
+    retries=0,
+    retry_delay=0,
+    retry_backoff=1,
+    timeout=None,
+    public=False,
+    bounds=None,
+    limit=None,
+    **options,
+):
     """Register a task with its job history; `public=True` makes it callable over HTTP.
 
-    `bounds` maps an argument to its (low, high) range, checked before enqueue.
+    `bounds` maps an argument to its (low, high) range, checked before enqueue;
+    `limit` caps how many calls run at once across every consumer; `timeout`
+    (seconds) fails a run that takes longer.
     """
 
     def decorator(func):
@@ -206,7 +230,7 @@ def task(queue="default", retries=0, retry_delay=0, retry_backoff=1, timeout=Non
             priority=settings.QUEUE_PRIORITIES.get(queue, 0),
             **options,
         )(func)
-        FUNCTIONS[func.__name__] = Function(wrapper, func, queue, retries, public, bounds or {})
+        FUNCTIONS[func.__name__] = Function(wrapper, func, queue, retries, public, bounds or {}, limit)
         return wrapper
 
     return decorator
@@ -214,6 +238,28 @@ def task(queue="default", retries=0, retry_delay=0, retry_backoff=1, timeout=Non
 
 def public_functions():
     return [f for f in FUNCTIONS.values() if f.public]
+
+
+def queues(now=None):
+    """Every configured queue (and any a function uses): priority, depth, running, oldest wait, limit."""
+    now = now or utcnow()
+    stats = Job.queue_stats()
+    names = set(settings.QUEUE_PRIORITIES) | {f.queue for f in FUNCTIONS.values()} | set(stats)
+    result = []
+    for name in sorted(names, key=lambda q: (-settings.QUEUE_PRIORITIES.get(q, 0), q)):
+        queue = stats.get(name, {"depth": 0, "running": 0, "oldest": None})
+        oldest = queue["oldest"]
+        result.append(
+            {
+                "name": name,
+                "priority": settings.QUEUE_PRIORITIES.get(name, 0),
+                "depth": queue["depth"],
+                "running": queue["running"],
+                "oldest_wait_s": round(max((now - oldest).total_seconds(), 0), 3) if oldest else None,
+                "concurrency_limit": settings.CONCURRENCY_LIMITS.get(name),
+            }
+        )
+    return result
 
 
 # -- Enqueueing -------------------------------------------------------------------
@@ -375,19 +421,42 @@ def _record_scheduled(signal_name, message):
     Job.update(scheduled_for=message.eta).where(Job.id == message.id).execute()
 
 
+def _limits_of(message):
+    function = FUNCTIONS.get(message.name)
+    return function.limits if function else []
+
+
 @huey.pre_execute()
 def _record_running(message):
+    limits = _limits_of(message)
+    if limits and not Slot.acquire(limits, message.id, CONSUMER_ID):
+        _wait_for_slot(message, limits)
     if not Job.mark_running(message.id, _worker_name(), CONSUMER_ID):
         if Job.select().where(Job.id == message.id).exists():
             # Canceled (or otherwise finished) between dequeue and now: do not run it.
+            if limits:
+                Slot.release(message.id)
             raise CancelExecution("job already finished", retry=False)
     _current.job_id = message.id
     _current.task = message
 
 
+def _wait_for_slot(message, limits):
+    """Put a job over its concurrency limit back in the queue; it is never failed for it."""
+    waiting = ", ".join(f"{key} (limit {limit})" for key, limit in limits)
+    Job.update(waiting_for=f"a free slot: {waiting}").where(Job.id == message.id).execute()
+    # A short pause keeps workers from spinning on a queue full of blocked jobs.
+    time.sleep(0.05)
+    message.recorded = True
+    huey.enqueue(message)
+    raise CancelExecution("waiting for a concurrency slot", retry=False)
+
+
 @huey.post_execute()
 def _record_outcome(message, value, exc):
     _current.job_id = _current.task = None
+    if _limits_of(message):
+        Slot.release(message.id)
     if exc is None:
         Job.mark_finished(message.id, "succeeded", result=value)
         return
@@ -426,6 +495,8 @@ def _requeue_interrupted(signal_name, message):
     Job.update(status="queued", worker=None, consumer_id=None, error="interrupted by a consumer stop").where(
         (Job.id == message.id) & (Job.status == "running")
     ).execute()
+    if _limits_of(message):
+        Slot.release(message.id)
     message.recorded = True
     huey.enqueue(message)
 
@@ -441,6 +512,8 @@ def reap(now=None):
     conditional update, and only the one that changed the row enqueues it.
     """
     alive = [w.id for w in Worker.alive(now)]
+    # Places held by dead consumers are free again.
+    Slot.delete().where(Slot.consumer_id.is_null(False) & Slot.consumer_id.not_in(alive or [""])).execute()
     orphans = Job.select().where(
         (Job.status == "running") & Job.consumer_id.is_null(False) & Job.consumer_id.not_in(alive or [""])
     )

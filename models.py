@@ -14,12 +14,14 @@ from pathlib import Path
 
 from peewee import (
     BooleanField,
+    CompositeKey,
     CharField,
     DatabaseProxy,
     DateTimeField,
     FloatField,
     ForeignKeyField,
     IntegerField,
+    IntegrityError,
     Model,
     SqliteDatabase,
     TextField,
@@ -194,6 +196,43 @@ class Token(BaseModel):
         return cls.select().where(cls.expires_at <= (now or utcnow()))
 
 
+class Slot(BaseModel):
+    """One of the N places a concurrency limit allows; a running job holds one per limit."""
+
+    key = CharField()
+    number = IntegerField()
+    job_id = CharField(index=True)
+    consumer_id = CharField(null=True, index=True)
+    acquired_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        primary_key = CompositeKey("key", "number")
+
+    @classmethod
+    def acquire(cls, limits, job_id, consumer_id):
+        """Take a place under every (key, limit); all or none. Returns True when taken."""
+        for key, limit in limits:
+            for number in range(limit):
+                try:
+                    with db.atomic():  # a savepoint, so a clash leaves the outer state usable
+                        cls.create(key=key, number=number, job_id=job_id, consumer_id=consumer_id)
+                    break
+                except IntegrityError:
+                    continue
+            else:
+                cls.release(job_id)
+                return False
+        return True
+
+    @classmethod
+    def release(cls, job_id):
+        cls.delete().where(cls.job_id == job_id).execute()
+
+    @classmethod
+    def held(cls, key):
+        return cls.select().where(cls.key == key).count()
+
+
 class Worker(BaseModel):
     """A consumer process, alive while its heartbeat is fresh."""
 
@@ -259,6 +298,7 @@ class Job(BaseModel):
     parent_id = CharField(null=True)
     cancel_requested = BooleanField(default=False)
     recoveries = IntegerField(default=0)
+    waiting_for = CharField(null=True)
     api_key_id = IntegerField(null=True)
     idempotency_key = CharField(null=True)
 
@@ -303,6 +343,7 @@ class Job(BaseModel):
             "scheduled_for": isoformat(self.scheduled_for),
             "parent_id": self.parent_id,
             "cancel_requested": self.cancel_requested,
+            "waiting_for": self.waiting_for,
             "url": f"/api/v1/jobs/{self.id}",
         }
 
@@ -349,6 +390,28 @@ class Job(BaseModel):
         return {row.status: row.n for row in query}
 
     @classmethod
+    def queue_stats(cls):
+        """{queue: {"depth", "running", "oldest"}} over the jobs not finished yet."""
+        query = (
+            cls.select(cls.queue, cls.status, fn.COUNT(cls.id).alias("n"), fn.MIN(cls.enqueued_at).alias("oldest"))
+            .where(cls.status.in_(("queued", "retrying", "running")))
+            .group_by(cls.queue, cls.status)
+        )
+        stats = {}
+        for row in query.namedtuples():
+            queue = stats.setdefault(row.queue, {"depth": 0, "running": 0, "oldest": None})
+            if row.status == "running":
+                queue["running"] += row.n
+            else:
+                queue["depth"] += row.n
+                oldest = row.oldest
+                if isinstance(oldest, str):  # SQLite hands aggregates back as text
+                    oldest = datetime.datetime.fromisoformat(oldest)
+                if queue["oldest"] is None or oldest < queue["oldest"]:
+                    queue["oldest"] = oldest
+        return stats
+
+    @classmethod
     def running_on(cls, consumer_ids):
         return cls.select().where((cls.status == "running") & cls.consumer_id.in_(consumer_ids))
 
@@ -362,6 +425,7 @@ class Job(BaseModel):
                 worker=worker,
                 consumer_id=consumer_id,
                 attempts=cls.attempts + 1,
+                waiting_for=None,
             )
             .where((cls.id == job_id) & cls.status.not_in(TERMINAL))
             .execute()
@@ -408,7 +472,7 @@ class Job(BaseModel):
         cls.update(cancel_requested=True).where(cls.id == job_id).execute()
 
 
-MODELS = [SchemaVersion, ApiKey, User, Token, Worker, Job]
+MODELS = [SchemaVersion, ApiKey, User, Token, Slot, Worker, Job]
 
 # Each migration takes a SchemaMigrator; append, never edit or reorder.
 MIGRATIONS = []

@@ -184,6 +184,12 @@ QUEUE_PRIORITIES = {
     **DEFAULT_QUEUE_PRIORITIES,
     **_define("QUEUE_PRIORITIES", {}, "queue priorities over the defaults, e.g. media=9,emails=8", _pairs(_int())),
 }
+CONCURRENCY_LIMITS = _define(
+    "CONCURRENCY_LIMITS",
+    {},
+    "most jobs running at once across all consumers, per queue or function, e.g. media=2,trigger_full_sync=1",
+    _pairs(_int(1, 100000)),
+)
 JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in the history", _int(1, 3650))
 
 # -- Orders and the provider -------------------------------------------------

@@ -275,6 +275,12 @@ def retry_job(job_id):
     return json_response(202, new.to_dict(), {"Location": f"/api/v1/jobs/{new.id}"})
 
 
+@api("/api/v1/queues")
+def list_queues():
+    """Every configured queue: priority, depth, running, oldest wait and concurrency limit."""
+    return {"queues": jobs.queues()}
+
+
 @api("/api/v1/workers")
 def list_workers():
     """Consumers, alive or recently seen, with the jobs they run."""
