@@ -26,7 +26,7 @@ from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
 import settings
-from models import WAITING, Job, Slot, Worker, utcnow
+from models import WAITING, Job, Slot, Worker, create_tables, utcnow
 
 logger = logging.getLogger("litejobs.jobs")
 
@@ -603,6 +603,8 @@ class Consumer(huey_consumer.Consumer):
     def start(self):
         global CONSUMER_ID
         CONSUMER_ID = f"{settings.HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # A consumer may be the first process to meet a new database.
+        create_tables()
         Worker.create(
             id=CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers
         )
