@@ -105,3 +105,55 @@ def _answers(client):
     except OSError:
         time.sleep(0.1)
         return False
+
+
+def test_concurrent_writers_never_see_database_locked(tmp_path):
+    """`web.py run` (greenlets) and a standalone consumer (threads) write one SQLite file together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ.update(DATA_DIR=str(tmp_path), PORT=str(port), LOG_LEVEL="WARNING", WORKERS="2")
+    key = subprocess.run(
+        [sys.executable, "web.py", "create-key", "t"], cwd=ROOT, env=environ, capture_output=True, text=True
+    ).stdout.split()[-1]
+    server = subprocess.Popen([sys.executable, "web.py", "run"], cwd=ROOT, env=environ)
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "huey.bin.huey_consumer", "jobs.huey", "-w", "4"], cwd=ROOT, env=environ
+    )
+    client = Client(f"http://127.0.0.1:{port}", key)
+    try:
+        wait_until(lambda: _answers(client), timeout=30, message="web.py run answers")
+
+        def burst(n):
+            replies = [client.post("/api/v1/jobs/echo", {"value": n * 100 + i}) for i in range(25)]
+            replies.append(client.get("/api/v1/jobs?limit=20"))
+            return [r.status for r in replies]
+
+        with ThreadPoolExecutor(16) as pool:
+            statuses_seen = [s for batch in pool.map(burst, range(16)) for s in batch]
+        assert set(statuses_seen) <= {200, 202}, sorted(set(statuses_seen))
+        wait_until(
+            lambda: client.get("/api/v1/jobs?status=succeeded&limit=200&name=echo").json["next"] is not None
+            and _count_succeeded(client) == 400,
+            timeout=60,
+            message="all 400 jobs succeeded",
+        )
+    finally:
+        for process in (server, consumer):
+            process.send_signal(signal.SIGINT)
+        for process in (server, consumer):
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _count_succeeded(client):
+    total, cursor = 0, None
+    while True:
+        page = client.get("/api/v1/jobs?status=succeeded&limit=200" + (f"&cursor={cursor}" if cursor else "")).json
+        total += len(page["jobs"])
+        cursor = page["next"]
+        if cursor is None:
+            return total
