@@ -35,30 +35,28 @@ def _define(name, default, description, parse=str):
         return default
 
 
-def _int(low=None, high=None):
+def _number(kind, low=None, high=None):
+    """A parser of int or float values within [low, high]."""
+    expected = "a whole number" if kind is int else "a number"
+
     def parse(raw):
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            raise ValueError(f"expected a whole number, got {raw!r}") from None
-        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"expected {expected}, got {raw!r}") from None
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(f"expected a number from {low} to {high}, got {value}")
         return value
 
     return parse
+
+
+def _int(low=None, high=None):
+    return _number(int, low, high)
 
 
 def _float(low=None, high=None):
-    def parse(raw):
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"expected a number from {low} to {high}, got {value}")
-        return value
-
-    return parse
+    return _number(float, low, high)
 
 
 def _bool(raw):
