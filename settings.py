@@ -119,6 +119,17 @@ def _list(raw):
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _timezone(raw):
+    """An IANA time zone name that this machine's time zone database knows."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {raw!r}; use an IANA name such as UTC or Europe/Berlin") from None
+    return raw
+
+
 # -- Where things live -------------------------------------------------------
 DATA_DIR = Path(_define("DATA_DIR", "./data", "folder for SQLite files, the mail outbox and uploads"))
 if not DATA_DIR.is_absolute():
@@ -147,7 +158,36 @@ UPLOAD_MAX_MB = _define("UPLOAD_MAX_MB", 10, "largest upload accepted, in MiB", 
 LOG_LEVEL = _define(
     "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")
 )
-TIMEZONE = _define("TIMEZONE", "UTC", "time zone that schedule crontabs are read in (IANA name)")
+TIMEZONE = _define("TIMEZONE", "UTC", "time zone that schedule crontabs are read in (IANA name)", _timezone)
+SESSION_HOURS = _define("SESSION_HOURS", 12.0, "hours a dashboard login lasts", _float(0.01, 24 * 366))
+LOGIN_ATTEMPTS = _define(
+    "LOGIN_ATTEMPTS",
+    5,
+    "failed dashboard logins per email in 15 minutes before it waits (an IP address gets 4 times as many)",
+    _int(1, 10000),
+)
+
+# -- API hardening and monitoring ----------------------------------------------
+# Generous on purpose: one busy client at 1,000 requests/s stays under both.
+RATE_LIMIT_PER_KEY = _define(
+    "RATE_LIMIT_PER_KEY", 120000, "API requests a minute one API key may make (429 above); 0 = no limit", _int(0, 10**8)
+)
+RATE_LIMIT_PER_IP = _define(
+    "RATE_LIMIT_PER_IP", 120000, "API requests a minute one client address may make (429 above); 0 = no limit", _int(0, 10**8)
+)
+TRUSTED_PROXIES = _define(
+    "TRUSTED_PROXIES",
+    ["127.0.0.1", "::1"],
+    "addresses of reverse proxies whose X-Forwarded-For header names the client",
+    _list,
+)
+TRUSTED_HOSTS = _define(
+    "TRUSTED_HOSTS", [], "Host names the web app answers, e.g. jobs.example.com,*.example.com (400 otherwise); empty = any", _list
+)
+CORS_ORIGINS = _define(
+    "CORS_ORIGINS", [], "origins whose browser pages may call /api/v1, e.g. https://app.example.com; * = any; empty = none", _list
+)
+METRICS_TOKEN = _define("METRICS_TOKEN", "", "bearer token that /metrics requires; empty: /metrics is open")
 
 # -- The consumer ------------------------------------------------------------
 WORKERS = _define("WORKERS", 4, "worker threads of the consumer embedded in `web.py run`", _int(1, 256))
@@ -194,6 +234,9 @@ JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in t
 PROVIDER_URL = _define("PROVIDER_URL", "", "order provider base URL; empty: the built-in sandbox", _url("http", "https"))
 PROVIDER_TOKEN = _define("PROVIDER_TOKEN", "sandbox-token", "token sent to the provider in the X-Provider-Token header")
 PROVIDER_TIMEOUT = _define("PROVIDER_TIMEOUT", 10.0, "seconds to wait for the provider", _float(0.1, 300))
+PROVIDER_CONNECT_TIMEOUT = _define(
+    "PROVIDER_CONNECT_TIMEOUT", 5.0, "seconds to wait for a connection to the provider", _float(0.1, 300)
+)
 ORDER_FIRST_CHECK_DELAY = _define(
     "ORDER_FIRST_CHECK_DELAY", 60.0, "seconds from dispatch to the first status check", _float(0, 86400)
 )
@@ -218,6 +261,44 @@ SMTP_URL = _define(
 )
 MAIL_FROM = _define("MAIL_FROM", "litejobs <noreply@localhost>", "From address of mails litejobs sends")
 BASE_URL = _define("BASE_URL", "", "public URL of the web app, used for links in mails; empty: http://HOST:PORT")
+SMTP_TIMEOUT = _define("SMTP_TIMEOUT", 30.0, "seconds to wait for the SMTP server", _float(0.1, 600))
+
+# -- Schedules and analytics ---------------------------------------------------
+RUN_SCHEDULES = _define(
+    "RUN_SCHEDULES", True, "1: consumers start the periodic schedules' ticks; 0: they only run jobs (huey_consumer -n)", _bool
+)
+ENGAGEMENT_HALF_LIFE_DAYS = _define(
+    "ENGAGEMENT_HALF_LIFE_DAYS", 7.0, "days after which a post's engagement score counts half", _float(0.01, 3650)
+)
+
+# -- Webhooks ------------------------------------------------------------------
+WEBHOOK_ALLOW_PRIVATE = _define(
+    "WEBHOOK_ALLOW_PRIVATE", False, "1: webhooks may target private, loopback and link-local addresses", _bool
+)
+WEBHOOK_TIMEOUT = _define("WEBHOOK_TIMEOUT", 10.0, "seconds a webhook receiver has to answer", _float(0.1, 300))
+WEBHOOK_RETRY_BASE = _define(
+    "WEBHOOK_RETRY_BASE", 5.0, "seconds before retrying a failed webhook delivery, doubling each time", _float(0, 86400)
+)
+WEBHOOK_MAX_ATTEMPTS = _define(
+    "WEBHOOK_MAX_ATTEMPTS", 8, "attempts at a webhook delivery (timeouts, 5xx) before it fails", _int(1, 100)
+)
+
+# -- Media and courses ---------------------------------------------------------
+UPLOAD_DIR = DATA_DIR / "uploads"  # WebP renditions, served at /uploads/
+INCOMING_DIR = DATA_DIR / "incoming"  # originals until processed; never served
+CERTIFICATE_DIR = DATA_DIR / "certificates"  # certificate PDFs, served at /certificates-static/
+IMAGE_MAX_PIXELS = _define(
+    "IMAGE_MAX_PIXELS",
+    50_000_000,
+    "largest image accepted, in pixels (width × height): the decompression-bomb guard",
+    _int(1, 1_000_000_000),
+)
+CERTIFICATE_FONT = _define(
+    "CERTIFICATE_FONT", "", "TrueType font file for certificate PDFs; empty: DejaVu Sans, Noto or Arial found on the system"
+)
+POST_RETENTION_DAYS = _define(
+    "POST_RETENTION_DAYS", 180, "posts older than this with no likes, comments or shares are removed", _int(1, 36500)
+)
 
 if _errors:
     sys.exit("litejobs: invalid settings:\n  " + "\n  ".join(_errors))

@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 _session_dir = tempfile.mkdtemp(prefix="litejobs-tests-")
 os.environ["DATA_DIR"] = _session_dir
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# Consumers in tests run jobs only; tests/test_periodic.py drives schedule ticks itself.
+os.environ["RUN_SCHEDULES"] = "0"
 for _name in ("DATABASE_URL", "QUEUE_URL", "SMTP_URL", "PROVIDER_URL", "ENV", "SECRET_KEY"):
     os.environ.pop(_name, None)
 
