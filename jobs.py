@@ -358,6 +358,9 @@ def _same_call(job, kwargs):
 
 
 def _enqueue(function, job_id, kwargs, eta=None, priority=None):
+    if eta is not None and eta.tzinfo is None:
+        # Our times are naive UTC; huey reads a naive eta as local time.
+        eta = eta.replace(tzinfo=datetime.timezone.utc)
     message = function.wrapper.s(id=job_id, eta=eta, priority=priority, **kwargs)
     message.recorded = True
     huey.enqueue(message)
