@@ -613,7 +613,9 @@ def certificate_file(filename):
 
 # -- Webhooks ----------------------------------------------------------------------
 def get_webhook(webhook_id):
-    webhook = models.Webhook.find_live(webhook_id)
+    # _parse_id: ASCII digits only ("²".isdigit() is True but int() rejects it) and small enough for SQLite.
+    row_id = _parse_id(webhook_id)
+    webhook = None if row_id is None else models.Webhook.find_live(row_id)
     if webhook is None:
         raise ApiError(404, "not_found", f"no webhook with id {webhook_id!r}")
     return webhook
@@ -680,7 +682,7 @@ def list_deliveries(webhook_id):
     limit = query_number("limit", 1, 200, int, default=50)
     try:
         rows, cursor = models.WebhookDelivery.page(webhook.id, status, limit, request.query.getunicode("cursor"))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a digit string too large for SQLite
         raise ApiError(422, "invalid_argument", "cursor: not a cursor returned by this API", "cursor") from None
     return {"deliveries": [delivery.to_dict() for delivery in rows], "next": cursor}
 

@@ -96,12 +96,13 @@ class Person:
         return self.driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']")
 
     def wait_for_text(self, css, text, timeout=TIMEOUT):
-        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.common.exceptions import WebDriverException
 
         def seen():
+            # The page refreshes itself: an element can vanish between finding and reading it.
             try:
                 return text in self.find(css).text
-            except (NoSuchElementException, StaleElementReferenceException):
+            except WebDriverException:
                 return False
 
         return wait_until(seen, timeout=timeout, interval=0.1, message=f"{text!r} in {css} at {self.driver.current_url}")
