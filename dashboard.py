@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 
 import bottle
 from bottle import Bottle, HTTPResponse, abort, redirect, request, response, static_file
-from peewee import PeeweeException
+from peewee import PeeweeException, fn
 
 import charts
 import jobs
@@ -28,12 +28,20 @@ from models import (
     ORDER_STATUSES,
     STATUSES,
     TERMINAL,
+    Certificate,
+    Course,
     DailyAnalytics,
+    Enrollment,
     Job,
+    Lesson,
+    Media,
     Order,
+    Post,
     Token,
     TrendingSnapshot,
     User,
+    Webhook,
+    WebhookDelivery,
     Worker,
     parse_time,
     utcnow,
@@ -747,4 +755,70 @@ def analytics():
         snapshot=snapshot,
         trending=charts.hbars([(f"#{t['tag']}", t["count"]) for t in trending], label="Trending hashtags") if trending else None,
         daily=daily,
+    )
+
+
+# -- Webhooks, posts and courses (read-only) -------------------------------------------------
+WEBHOOK_DELIVERIES = 10
+
+
+@page("/webhooks")
+def webhooks():
+    """Live webhooks and each one's recent deliveries; signing secrets are never shown."""
+    rows = []
+    for webhook in Webhook.live().limit(100):
+        deliveries, more = WebhookDelivery.page(webhook.id, None, WEBHOOK_DELIVERIES, None)
+        rows.append((webhook, deliveries, more is not None))
+    return render("webhooks", title="Webhooks", webhooks=rows)
+
+
+def _row_id(raw):
+    """A database id from the path ("12"), or None."""
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
+
+
+@page("/posts/<post_id>")
+def post_detail(post_id):
+    """One post: its text, counts and media, with thumbnails once they are ready."""
+    row_id = _row_id(post_id)
+    post = None if row_id is None else Post.get_or_none(Post.id == row_id)
+    if post is None:
+        abort(404, f"no post with id {post_id!r}")
+    items = list(Media.of_post(post.id))
+    return render(
+        "post",
+        title=f"Post {post.id}",
+        post=post,
+        data=post.to_dict(),
+        media=items,
+        live=any(item.status == "processing" for item in items),
+    )
+
+
+@page("/courses")
+def courses():
+    """Courses with their lesson counts, and enrollments with progress and certificates."""
+    lessons = {}
+    for course_id, count in Lesson.select(Lesson.course, fn.COUNT(Lesson.id)).group_by(Lesson.course).tuples():
+        lessons[course_id] = count
+    course_rows = list(Course.select().order_by(Course.id.desc()).limit(200))
+    enrollment_rows = list(
+        Enrollment.select(Enrollment, Course, User)
+        .join(Course)
+        .switch(Enrollment)
+        .join(User)
+        .order_by(Enrollment.id.desc())
+        .limit(PAGE_SIZE)
+    )
+    certificates = {
+        c.enrollment_id: c
+        for c in Certificate.select().where(Certificate.enrollment.in_([e.id for e in enrollment_rows]))
+    } if enrollment_rows else {}
+    return render(
+        "courses",
+        title="Courses",
+        courses=course_rows,
+        lessons=lessons,
+        enrollments=enrollment_rows,
+        certificates=certificates,
     )

@@ -14,7 +14,7 @@ from conftest import wait_until
 
 EMAIL, PASSWORD = "admin@example.com", "correct horse battery"
 
-PAGES = ["/", "/jobs", "/jobs/some-id", "/run", "/run/echo", "/schedules", "/workers", "/orders", "/orders/1", "/analytics"]
+PAGES = ["/", "/jobs", "/jobs/some-id", "/run", "/run/echo", "/schedules", "/workers", "/orders", "/orders/1", "/analytics", "/webhooks", "/posts/1", "/courses"]
 
 
 class Browser:
@@ -543,3 +543,69 @@ def test_analytics_page_draws_trending_and_daily_charts(logged_in):
 def test_analytics_page_says_when_nothing_was_computed(logged_in):
     page = logged_in.get("/analytics").text
     assert "Nothing counted yet" in page and "No daily numbers yet" in page
+
+
+# -- Webhooks, posts and courses ------------------------------------------------------------
+def test_webhooks_page_lists_deliveries_and_never_the_secret(logged_in):
+    webhook = models.Webhook.subscribe("https://hooks.example/in", ["job.failed", "order.completed"])
+    gone = models.Webhook.subscribe("https://gone.example/in", ["job.failed"])
+    gone.deactivate()
+    delivery = models.WebhookDelivery.create(webhook=webhook, event_id="evt_1", event="job.failed", payload="{}")
+    delivery.record_attempt("succeeded", 204, 12.5, None)
+    models.WebhookDelivery.create(webhook=webhook, event_id="evt_2", event="order.completed", payload="{}", status="failed", last_error="timed out")
+    reply = logged_in.get("/webhooks")
+    assert reply.status == 200
+    page = reply.text
+    assert "https://hooks.example/in" in page and "job.failed, order.completed" in page
+    assert "gone.example" not in page  # deactivated
+    assert ">204<" in page and "12 ms" in page and "timed out" in page
+    assert "status-succeeded" in page and "status-failed" in page
+    assert webhook.secret not in page and "whsec_" not in page
+    assert 'href="/webhooks"' in page
+
+
+def test_webhooks_page_when_there_are_none(logged_in):
+    assert "No webhooks yet" in logged_in.get("/webhooks").text
+
+
+def test_post_page_shows_media_thumbnails_and_errors(logged_in, user):
+    post = models.Post.publish(user.id, "Hello #world <b>bold</b>")
+    ready = models.Media.create(post=post, token=models.Media.new_token(), filename="cat.png", size_bytes=1234)
+    ready.mark_ready(800, 600, {"web": [800, 600], "thumb_640": [640, 480], "thumb_320": [320, 240]})
+    bad = models.Media.create(post=post, token=models.Media.new_token(), filename="bad.gif")
+    bad.reject("not an image we can read")
+    models.Media.create(post=post, token=models.Media.new_token(), filename="slow.jpg")
+    reply = logged_in.get(f"/posts/{post.id}")
+    assert reply.status == 200
+    page = reply.text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "#world" in page
+    assert f'<img class="thumb" src="/uploads/{ready.token}/thumb_320.webp"' in page
+    assert f"/uploads/{ready.token}/web.webp" in page
+    assert "not an image we can read" in page
+    assert f"/uploads/{bad.token}/" not in page
+    assert 'data-refresh="2"' in page  # one is still processing
+    assert logged_in.get("/posts/999999").status == 404
+    assert logged_in.get("/posts/abc").status == 404
+
+
+def test_courses_page_shows_lessons_progress_and_certificate(logged_in, user):
+    course = models.Course.create_with_lessons("Intro to queues", ["one", "two", "three", "four"])
+    learner = models.User.create(email="ann@example.com", name="Ann Learner")
+    done = models.Enrollment.create(user=learner, course=course, progress=100, completed_at=models.utcnow())
+    certificate, created = models.Certificate.draft(done).save_once()
+    assert created
+    halfway = models.Enrollment.create(user=user, course=course, progress=50)
+    reply = logged_in.get("/courses")
+    assert reply.status == 200
+    page = reply.text
+    assert "Intro to queues" in page and ">4<" in page
+    assert "Ann Learner" in page
+    assert certificate.code in page
+    assert f'href="/certificates-static/{certificate.code}.pdf"' in page
+    assert f'<progress max="100" value="{halfway.progress}">' in page and '<progress max="100" value="100">' in page
+    assert 'href="/courses"' in page
+
+
+def test_courses_page_when_there_are_none(logged_in):
+    page = logged_in.get("/courses").text
+    assert "No courses yet" in page and "No enrollments yet" in page
