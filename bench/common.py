@@ -30,7 +30,7 @@ POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0
 POSTGRES_SCHEMA = "litejobs_bench"
 
 # Settings the benchmark sets itself; inherited values would skew a run.
-_OWN = (
+OWN_SETTINGS = (
     "DATA_DIR",
     "DATABASE_URL",
     "QUEUE_URL",
@@ -91,7 +91,7 @@ def reset_redis():
 
 def service_env(data_dir, database_url=None, queue_url=None, **extra):
     """The environment of a litejobs process on `data_dir` (and the given URLs)."""
-    env = {k: v for k, v in os.environ.items() if k not in _OWN}
+    env = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
     env.update(
         DATA_DIR=str(data_dir),
         DATABASE_URL=database_url or f"sqlite:///{Path(data_dir) / 'litejobs.db'}",

@@ -20,7 +20,6 @@ import uuid
 import common
 import jobs
 import lj
-import models
 from models import Job
 
 NAMES = ("ping", "echo", "sleep", "fail")

@@ -13,6 +13,7 @@ Not a timed test: a script whose figures go in BENCHMARKS.md.
 
 import argparse
 import json
+import os
 import random
 import sys
 import threading
@@ -22,8 +23,8 @@ import common
 
 # Settings land in a scratch folder before litejobs is imported.
 sys.path.insert(0, str(common.ROOT))
-common.os.environ["DATA_DIR"] = str(common.scratch("load-driver"))
-common.os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ["DATA_DIR"] = str(common.scratch("load-driver"))
+os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 import lj  # noqa: E402
 

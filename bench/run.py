@@ -26,7 +26,7 @@ import traceback
 import common
 
 # Settings are read once, at import: point the driver's own litejobs at a scratch folder.
-for _name in common._OWN:
+for _name in common.OWN_SETTINGS:
     os.environ.pop(_name, None)
 os.environ["DATA_DIR"] = str(common.run_root() / "driver")
 os.environ["LOG_LEVEL"] = "WARNING"
