@@ -37,12 +37,12 @@ def _consumer_stats(process):
     return round(sum(common.rss_mb(pid) for pid in pids), 1)
 
 
-def drain_litejobs(backend, kind, workers, n, timeout):
+def drain_litejobs(backend, kind, workers, n, timeout, **settings):
     data_dir = common.scratch(f"drain-lj-{backend}-{kind}")
     database_url, queue_url, _ = urls(backend, data_dir)
     lj.use(database_url, queue_url)
     enqueue_s = lj.submit_many("ping", n)
-    env = common.service_env(data_dir, database_url, queue_url)
+    env = common.service_env(data_dir, database_url, queue_url, **settings)
     cmd = common.consumer_cmd("jobs.huey", workers, kind)
     process = common.Process(cmd, env, data_dir / "consumer.log")
     try:
@@ -146,4 +146,32 @@ def drain_row(backend, kind="thread", workers=4, n=20000, repeat=1, timeout=240)
         "target": "≥ 0.80×",
         "met": ratio >= 0.8,
         "data": {"runs": runs, "litejobs_jobs_per_s": lj_rate, "plain_jobs_per_s": plain_rate, "ratio": ratio},
+    }
+
+
+def limits_row(backend="sqlite", workers=4, n=20000, repeat=3, timeout=240):
+    """The cost of concurrency limits: the same drain with and without a limit on the
+    job's queue (set high enough never to hold a job back, so only the bookkeeping —
+    a slot taken and freed per job — is measured)."""
+    runs = []
+    for number in range(repeat):
+        pair = {}
+        order = ("limited", "free") if number % 2 else ("free", "limited")
+        for who in order:
+            extra = {"CONCURRENCY_LIMITS": "default=1000"} if who == "limited" else {}
+            pair[who] = drain_litejobs(backend, "thread", workers, n, timeout, **extra)
+        pair["ratio"] = round(pair["limited"]["jobs_per_s"] / pair["free"]["jobs_per_s"], 3)
+        runs.append(pair)
+    ratio = common.median([r["ratio"] for r in runs])
+    limited = common.median([r["limited"]["jobs_per_s"] for r in runs])
+    free = common.median([r["free"]["jobs_per_s"] for r in runs])
+    return {
+        "id": f"limits-{backend}",
+        "benchmark": f"drain {n:,} no-op jobs, {backend}, {workers} threads, with CONCURRENCY_LIMITS=default=1000",
+        "litejobs": f"{limited:,.0f} jobs/s",
+        "baseline": f"no limits {free:,.0f} jobs/s",
+        "result": f"{ratio:.2f}× (median of {repeat})",
+        "target": "≥ 0.90× (within 10%)",
+        "met": ratio >= 0.9,
+        "data": {"runs": runs, "ratio": ratio},
     }

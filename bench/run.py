@@ -114,6 +114,8 @@ def plan(opts):
         ("drain-postgresql-thread", lambda: drain_rows("postgresql", "thread", 4, opts)),
         ("drain-sqlite-greenlet", lambda: drain_rows("sqlite", "greenlet", 4, opts)),
         ("drain-sqlite-process", lambda: drain_rows("sqlite", "process", 2, opts)),
+        ("limits-sqlite", lambda: [drain.limits_row("sqlite", 4, opts.jobs, repeat=opts.repeat or 3)]),
+        ("limits-redis", lambda: [drain.limits_row("redis", 4, opts.jobs, repeat=opts.repeat or 3)]),
         ("latency-standalone-sqlite", lambda: latency_rows("standalone", "sqlite", opts)),
         ("latency-embedded-sqlite", lambda: latency_rows("embedded", "sqlite", opts)),
         ("latency-standalone-redis", lambda: latency_rows("standalone", "redis", opts)),
