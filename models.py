@@ -249,7 +249,10 @@ class Slot(BaseModel):
     def acquire(cls, limits, job_id, consumer_id):
         """Take a place under every (key, limit); all or none. Returns True when taken."""
         for key, limit in limits:
-            for number in range(limit):
+            # Start at a random place: trying 0, 1, 2… in order makes every worker
+            # collide on the low numbers, and each clash costs a failed insert.
+            start = secrets.randbelow(limit)
+            for number in [(start + i) % limit for i in range(limit)]:
                 try:
                     with db.atomic():  # a savepoint, so a clash leaves the outer state usable
                         cls.create(key=key, number=number, job_id=job_id, consumer_id=consumer_id)
