@@ -46,14 +46,8 @@ def bars(series, labels=(), titles=(), width=720, height=180, label="chart"):
     plot_w, plot_h = width - left - right, height - bottom - upper
     slot = plot_w / max(count, 1)
     gap = 1 if slot > 3 else 0
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{escape(label)}">',
-        f"<title>{escape(label)}</title>",
-    ]
-    for fraction in (0, 0.5, 1):
-        y = upper + plot_h * (1 - fraction)
-        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_number(top * fraction)}</text>')
+    parts = _open(width, height, label)
+    parts += _grid(width, left, right, upper, plot_h, top)
     for i in range(count):
         x = left + i * slot
         base = upper + plot_h
@@ -80,10 +74,7 @@ def hbars(items, width=720, row=22, label="chart", css="bar"):
     left, right = 150, 60
     height = max(row * len(items), row) + 4
     top = max((value for _, value in items), default=0) or 1
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{escape(label)}">',
-        f"<title>{escape(label)}</title>",
-    ]
+    parts = _open(width, height, label)
     for i, (name, value) in enumerate(items):
         y = 2 + i * row
         w = (width - left - right) * value / top
@@ -103,14 +94,8 @@ def line(values, labels=(), titles=(), width=720, height=140, label="chart", css
     top = _nice_max(max(values, default=0))
     step = plot_w / max(len(values) - 1, 1)
     points = [(left + i * step, upper + plot_h * (1 - value / top)) for i, value in enumerate(values)]
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{escape(label)}">',
-        f"<title>{escape(label)}</title>",
-    ]
-    for fraction in (0, 0.5, 1):
-        y = upper + plot_h * (1 - fraction)
-        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_number(top * fraction)}</text>')
+    parts = _open(width, height, label)
+    parts += _grid(width, left, right, upper, plot_h, top)
     if points:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
         floor = upper + plot_h
@@ -125,3 +110,21 @@ def line(values, labels=(), titles=(), width=720, height=140, label="chart", css
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _open(width, height, label):
+    """The <svg> start tag and its title, as a list of parts to append to."""
+    return [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{escape(label)}">',
+        f"<title>{escape(label)}</title>",
+    ]
+
+
+def _grid(width, left, right, upper, plot_h, top):
+    """Grid lines and their values at 0, half and the top of the scale."""
+    parts = []
+    for fraction in (0, 0.5, 1):
+        y = upper + plot_h * (1 - fraction)
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_number(top * fraction)}</text>')
+    return parts
