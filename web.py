@@ -11,6 +11,7 @@ if __name__ == "__main__":
     monkey.patch_all()
 
 import argparse
+from html import escape
 import hmac
 import json
 import logging
@@ -221,7 +222,6 @@ def error_response(status, code, message):
     """An error in the API's JSON shape on API paths, a plain HTML page elsewhere."""
     if is_api_path(request.path):
         return json_response(status, error_body(code, message))
-    from html import escape
 
     page = f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
     return HTTPResponse(page, status=status, headers={"Content-Type": "text/html; charset=utf-8"})
@@ -317,7 +317,6 @@ def _error_page(error):
         response.content_type = "application/json; charset=utf-8"
         return json.dumps(error_body(codes.get(status, "internal"), message))
     response.content_type = "text/html; charset=utf-8"
-    from html import escape
 
     return f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
 
@@ -881,7 +880,7 @@ def prepare():
         settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
         models.create_tables()
         jobs.check_queue()
-    except (OSError, PeeweeException, Exception) as exc:  # noqa: B014 - any start-up failure ends here
+    except Exception as exc:  # any start-up failure (disk, database, queue) ends here, without a traceback
         sys.exit(f"litejobs: cannot start: {type(exc).__name__}: {exc} (check DATA_DIR, DATABASE_URL and QUEUE_URL)")
 
 
