@@ -37,7 +37,7 @@ import media
 import provider
 import settings
 import webhooks
-from models import WAITING, Job, Slot, Worker, create_tables, utcnow
+from models import TERMINAL, WAITING, Job, Worker, create_tables, utcnow
 from models import Webhook, WebhookDelivery, db, isoformat, parse_time, usage_counts
 from models import Certificate, Enrollment, Media, delete_quiet_posts
 from models import Order
@@ -463,15 +463,14 @@ def _limits_of(message):
 @huey.pre_execute()
 def _record_running(message):
     limits = _limits_of(message)
-    if limits and not Slot.acquire(limits, message.id, CONSUMER_ID):
-        _wait_for_slot(message, limits)
     started = utcnow()
-    if not Job.mark_running(message.id, _worker_name(), CONSUMER_ID, now=started):
-        if Job.select().where(Job.id == message.id).exists():
+    if not Job.mark_running(message.id, _worker_name(), CONSUMER_ID, now=started, limits=limits):
+        row = Job.select(Job.status).where(Job.id == message.id).first()
+        if row is not None and row.status in TERMINAL:
             # Canceled (or otherwise finished) between dequeue and now: do not run it.
-            if limits:
-                Slot.release(message.id)
             raise CancelExecution("job already finished", retry=False)
+        if row is not None and limits:
+            _wait_for_slot(message, limits)
     _current.job_id = message.id
     _current.task = message
     # Kept for _record_outcome, which then needs no read of the row for the duration.
@@ -493,8 +492,6 @@ def _wait_for_slot(message, limits):
 def _record_outcome(message, value, exc):
     started_at = getattr(_current, "started_at", None)
     _current.job_id = _current.task = _current.started_at = None
-    if _limits_of(message):
-        Slot.release(message.id)
     if exc is None:
         Job.mark_finished(message.id, "succeeded", result=value, started_at=started_at)
         job_event(message.id, message.name, "succeeded")
@@ -828,8 +825,6 @@ def reap(now=None):
     conditional update, and only the one that changed the row enqueues it.
     """
     alive = [w.id for w in Worker.alive(now)]
-    # Places held by dead consumers are free again.
-    Slot.delete().where(Slot.consumer_id.is_null(False) & Slot.consumer_id.not_in(alive or [""])).execute()
     orphans = Job.select().where(
         (Job.status == "running") & Job.consumer_id.is_null(False) & Job.consumer_id.not_in(alive or [""])
     )

@@ -233,46 +233,6 @@ class Token(BaseModel):
                 return deleted
 
 
-class Slot(BaseModel):
-    """One of the N places a concurrency limit allows; a running job holds one per limit."""
-
-    key = CharField()
-    number = IntegerField()
-    job_id = CharField(index=True)
-    consumer_id = CharField(null=True, index=True)
-    acquired_at = DateTimeField(default=utcnow)
-
-    class Meta:
-        primary_key = CompositeKey("key", "number")
-
-    @classmethod
-    def acquire(cls, limits, job_id, consumer_id):
-        """Take a place under every (key, limit); all or none. Returns True when taken."""
-        for key, limit in limits:
-            # Start at a random place: trying 0, 1, 2… in order makes every worker
-            # collide on the low numbers, and each clash costs a failed insert.
-            start = secrets.randbelow(limit)
-            for number in [(start + i) % limit for i in range(limit)]:
-                try:
-                    with db.atomic():  # a savepoint, so a clash leaves the outer state usable
-                        cls.create(key=key, number=number, job_id=job_id, consumer_id=consumer_id)
-                    break
-                except IntegrityError:
-                    continue
-            else:
-                cls.release(job_id)
-                return False
-        return True
-
-    @classmethod
-    def release(cls, job_id):
-        cls.delete().where(cls.job_id == job_id).execute()
-
-    @classmethod
-    def held(cls, key):
-        return cls.select().where(cls.key == key).count()
-
-
 class Worker(BaseModel):
     """A consumer process, alive while its heartbeat is fresh."""
 
@@ -532,10 +492,29 @@ class Job(BaseModel):
         return db.execute_sql(sql.format(p=db.param), params).rowcount
 
     @classmethod
-    def mark_running(cls, job_id, worker, consumer_id, now=None):
-        """Mark a waiting job running (attempts + 1); `now` is its started_at."""
-        params = ("running", now or utcnow(), worker, consumer_id, job_id, *TERMINAL)
-        return cls._run(cls._MARK_RUNNING_SQL, params)
+    def mark_running(cls, job_id, worker, consumer_id, now=None, limits=()):
+        """Mark a waiting job running (attempts + 1); `now` is its started_at.
+
+        `limits` are ("queue:<name>" or "function:<name>", N) pairs: the job
+        starts only while fewer than N other jobs of that queue or function
+        run. A running row is the place it holds, so whatever ends the run
+        (finish, retry, the reaper) frees it, with no write of its own.
+        """
+        sql, params = cls._MARK_RUNNING_SQL, ["running", now or utcnow(), worker, consumer_id, job_id, *TERMINAL]
+        for key, limit in limits:
+            kind, _, value = key.partition(":")
+            column = "queue" if kind == "queue" else "name"
+            sql += f' AND ((SELECT COUNT(*) FROM "job" WHERE "status" = {{p}} AND "{column}" = {{p}} AND "id" <> {{p}}) < {{p}})'
+            params += ["running", value, job_id, limit]
+        if not limits or isinstance(db.obj, SqliteDatabase):
+            # SQLite's UPDATE takes the write lock before it reads: the counts are current.
+            return cls._run(sql, params)
+        with db.atomic():
+            # PostgreSQL counts from a snapshot, so two consumers could both see
+            # a free place; a lock per limit, held to commit, puts starts in line.
+            for key, _ in sorted(limits):
+                db.execute_sql(f"SELECT pg_advisory_xact_lock(hashtext({db.param}))", (f"litejobs:{key}",))
+            return cls._run(sql, params)
 
     @classmethod
     def mark_finished(cls, job_id, status, result=None, error=None, traceback=None, started_at=None):
@@ -2030,10 +2009,13 @@ class Certificate(BaseModel):
         }
 
 
-MODELS = [SchemaVersion, ApiKey, User, Token, Slot, Worker, Job, JobCount, JobDuration, Course, Lesson, Enrollment, LessonCompletion, Certificate, Media, Webhook, WebhookDelivery, Order, SandboxOrder, SandboxFault, Post, Like, Comment, Share, PostTag, UserStats, DailyAnalytics, TrendingSnapshot, MailSent, DigestWeek, ScheduleState, ScheduleRun]
+MODELS = [SchemaVersion, ApiKey, User, Token, Worker, Job, JobCount, JobDuration, Course, Lesson, Enrollment, LessonCompletion, Certificate, Media, Webhook, WebhookDelivery, Order, SandboxOrder, SandboxFault, Post, Like, Comment, Share, PostTag, UserStats, DailyAnalytics, TrendingSnapshot, MailSent, DigestWeek, ScheduleState, ScheduleRun]
 
 # Each migration takes a SchemaMigrator; append, never edit or reorder.
-MIGRATIONS = []
+MIGRATIONS = [
+    # 1: concurrency limits count running jobs instead of keeping a table of places.
+    lambda migrator: [migrator.sql('DROP TABLE IF EXISTS "slot"')],
+]
 
 
 def create_tables():

@@ -152,7 +152,7 @@ def drain_row(backend, kind="thread", workers=4, n=20000, repeat=1, timeout=240)
 def limits_row(backend="sqlite", workers=4, n=20000, repeat=3, timeout=240):
     """The cost of concurrency limits: the same drain with and without a limit on the
     job's queue (set high enough never to hold a job back, so only the bookkeeping —
-    a slot taken and freed per job — is measured)."""
+    the running-job count in the start UPDATE — is measured)."""
     runs = []
     for number in range(repeat):
         pair = {}
