@@ -24,28 +24,12 @@ from peewee import PeeweeException, fn
 import charts
 import jobs
 import settings
-from models import (
-    ORDER_STATUSES,
-    STATUSES,
-    TERMINAL,
-    Certificate,
-    Course,
-    DailyAnalytics,
-    Enrollment,
-    Job,
-    Lesson,
-    Media,
-    Order,
-    Post,
-    Token,
-    TrendingSnapshot,
-    User,
-    Webhook,
-    WebhookDelivery,
-    Worker,
-    parse_time,
-    utcnow,
-)
+from analytics import DailyAnalytics, Media, Post, TrendingSnapshot
+from courses import Certificate, Course, Enrollment, Lesson
+from models import STATUSES, TERMINAL, Job, Token, User, Worker, parse_time, utcnow
+from orders import ORDER_STATUSES, Order, place_order
+from schedules import pause_schedule, run_schedule, schedule_dicts
+from webhooks import Webhook, WebhookDelivery
 
 VIEWS = [str(settings.BASE_DIR / "views")]  # absolute: bottle looks up relative to the cwd
 STATIC_DIR = settings.BASE_DIR / "static"
@@ -635,7 +619,7 @@ def order_create():
     values = {name: request.forms.getunicode(name) or "" for name, _, _ in ORDER_FORM}
     body = {name: value for name, value in values.items() if value or name != "extra_field"}
     try:
-        order, _ = jobs.place_order(body)
+        order, _ = place_order(body)
     except jobs.ArgumentError as exc:
         return order_list(values, exc, 422)
     except jobs.Unavailable as exc:
@@ -657,7 +641,7 @@ def order_detail(order_id):
 def schedule_rows():
     """The API's schedule dicts with times as datetimes and the cron put in words."""
     rows = []
-    for item in jobs.schedule_dicts():
+    for item in schedule_dicts():
         row = dict(item, words=cron_words(item["cron"]))
         for key in ("next_run", "last_run"):
             row[key] = parse_time(item[key]) if item[key] else None
@@ -685,14 +669,14 @@ def _schedule_action(action, name):
 @page("/schedules/<name>/pause", "POST")
 def schedule_pause(name):
     """Pause a schedule for every consumer; shows the schedules."""
-    _schedule_action(jobs.pause_schedule, name)
+    _schedule_action(pause_schedule, name)
     redirect(f"/schedules#schedule-{quote(name)}", 303)
 
 
 @page("/schedules/<name>/resume", "POST")
 def schedule_resume(name):
     """Resume a paused schedule; shows the schedules."""
-    _schedule_action(lambda n: jobs.pause_schedule(n, paused=False), name)
+    _schedule_action(lambda n: pause_schedule(n, paused=False), name)
     redirect(f"/schedules#schedule-{quote(name)}", 303)
 
 
@@ -700,7 +684,7 @@ def schedule_resume(name):
 def schedule_run(name):
     """Run a schedule's function now; shows the job."""
     try:
-        job = _schedule_action(jobs.run_schedule, name)
+        job = _schedule_action(run_schedule, name)
     except jobs.Conflict as exc:
         return schedules_page(409, str(exc))
     except jobs.Unavailable as exc:

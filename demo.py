@@ -14,8 +14,9 @@ import random
 
 from peewee import fn
 
-from models import Comment, Like, Post, PostTag, Share, User, bulk_insert, chunked, db, hashtags, utcnow
-from models import Course, Enrollment, LessonCompletion
+from analytics import Comment, Like, Post, PostTag, Share, hashtags
+from courses import Course, Enrollment, LessonCompletion
+from models import User, bulk_insert, chunked, db, utcnow
 
 FIRST_NAMES = (
     "Ada Alan Amir Ana Anna Aria Ben Bruno Carla Chen Chloe Dan Dara Elena Emil Eva Farid Finn Grace Hana Hugo "

@@ -7,6 +7,10 @@ the way out: `smtp://user:pass@host:port` (STARTTLS when the server offers it),
 settings.OUTBOX_DIR. Errors come in two kinds, so the calling job knows
 whether to try again: TransientMailError (unreachable server, a 4xx reply)
 and PermanentMailError (a 5xx reply, carrying the server's words).
+
+A mail that must go out once (the welcome mail, a week's digest, a
+certificate) goes through send_mail_once(), which claims its MailSent row
+before sending and marks it sent after.
 """
 
 import datetime
@@ -21,8 +25,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bottle import SimpleTemplate
+from peewee import CharField, DateTimeField, ForeignKeyField, IntegrityError
 
 import settings
+from jobs import _fail_now, current_job_id
+from models import BaseModel, User, db, utcnow
 
 logger = logging.getLogger("litejobs.mailer")
 
@@ -162,3 +169,77 @@ def _refusal(where, code, reply):
     """The error for an SMTP reply: 5xx is permanent, anything else worth another try."""
     kind = PermanentMailError if 500 <= code < 600 else TransientMailError
     return kind(f"{where} answered {code} {_text(reply)}")
+
+
+# -- Mails sent once -------------------------------------------------------------------
+class MailSent(BaseModel):
+    """One mail of a kind per user and key (the welcome mail; the digest of a week).
+
+    A job claims the row before it sends and marks it sent after, so running
+    the job again, or a second job for the same mail, never sends it twice.
+    """
+
+    user = ForeignKeyField(User, backref="mails", on_delete="CASCADE")
+    kind = CharField()
+    key = CharField(default="")
+    status = CharField(default="sending")  # sending, then sent
+    job_id = CharField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    sent_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("user", "kind", "key"), True),)
+
+    @classmethod
+    def claim(cls, user_id, kind, key, job_id):
+        """Take the right to send; False when the mail was sent or is being sent already.
+
+        A row left `sending` by a consumer that died mid-send stays claimed: a
+        lost mail is better than a duplicate when nobody knows whether it left.
+        """
+        try:
+            with db.atomic():
+                cls.create(user=user_id, kind=kind, key=key, job_id=job_id)
+            return True
+        except IntegrityError:
+            return False
+
+    @classmethod
+    def release(cls, user_id, kind, key, job_id):
+        """Give up a claim after a failed send, so a retry may send."""
+        cls.delete().where(
+            (cls.user == user_id) & (cls.kind == kind) & (cls.key == key) & (cls.job_id == job_id) & (cls.status == "sending")
+        ).execute()
+
+    @classmethod
+    def mark_sent(cls, user_id, kind, key):
+        cls.update(status="sent", sent_at=utcnow()).where((cls.user == user_id) & (cls.kind == kind) & (cls.key == key)).execute()
+
+    @classmethod
+    def users_without(cls, kind, key):
+        """Active users who have no such mail (sent or being sent)."""
+        sent = cls.select(cls.user).where((cls.kind == kind) & (cls.key == key))
+        return User.select(User.id).where((User.active == True) & User.id.not_in(sent)).order_by(User.id)  # noqa: E712
+
+
+def send_mail_once(user, kind, key, template, message_id=None, **context):
+    """Send mail `template` to `user` unless this (kind, key) mail went out already; True when sent.
+
+    A transient SMTP error propagates, so huey retries the job with backoff; a
+    permanent one (a 5xx reply) fails the job at once with the server's reply.
+    """
+    job_id = current_job_id() or f"local:{uuid.uuid4()}"
+    if not MailSent.claim(user.id, kind, key, job_id):
+        return False
+    try:
+        send(user.email, template, message_id=message_id, user=user, **context)
+    except PermanentMailError as exc:
+        MailSent.release(user.id, kind, key, job_id)
+        _fail_now(f"mail to {user.email} refused: {exc}")
+    except Exception:
+        # Not sent: a retry may send it. (A stop that interrupts the send keeps the
+        # claim: whether the mail left is unknown, and a duplicate is worse.)
+        MailSent.release(user.id, kind, key, job_id)
+        raise
+    MailSent.mark_sent(user.id, kind, key)
+    return True

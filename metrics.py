@@ -13,7 +13,8 @@ import threading
 
 import jobs
 import settings
-from models import Job, JobCount, JobDuration, Order, Worker, utcnow
+from models import Job, JobCount, JobDuration, Worker, utcnow
+from orders import Order
 
 logger = logging.getLogger("litejobs.metrics")
 

@@ -9,9 +9,9 @@ timeouts, 5xx, 408/429, garbage bodies: the same call may work later) and
 `sandbox` is a small Bottle app that plays the provider when `PROVIDER_URL`
 is empty; web.py serves it under /sandbox/. It answers like a real provider
 (same reference for a repeated idempotency key, pending → processing →
-completed with a PIN), keeps its orders in the database, and can be made to
-misbehave: `SANDBOX_LATENCY_MS`, `SANDBOX_FAILURE_RATE`, and faults injected
-with `POST /sandbox/v1/faults`.
+completed with a PIN), keeps its orders in the database (SandboxOrder), and
+can be made to misbehave: `SANDBOX_LATENCY_MS`, `SANDBOX_FAILURE_RATE`, and
+faults injected with `POST /sandbox/v1/faults` (SandboxFault rows).
 """
 
 import datetime
@@ -27,9 +27,10 @@ import time
 from urllib.parse import quote, urlsplit
 
 from bottle import Bottle, HTTPResponse, request, response
+from peewee import CharField, DateTimeField, IntegerField, IntegrityError, TextField
 
 import settings
-from models import SandboxFault, SandboxOrder, db, utcnow
+from models import BaseModel, db, isoformat, utcnow
 
 logger = logging.getLogger("litejobs.provider")
 
@@ -203,6 +204,95 @@ def client():
     if key not in _clients:
         _clients[key] = Client(*key)
     return _clients[key]
+
+
+# -- The sandbox's tables ---------------------------------------------------------
+class SandboxOrder(BaseModel):
+    """An order as the built-in sandbox provider keeps it (its own side of the
+    wire), in the database so every web process answers alike."""
+
+    reference = CharField(primary_key=True)
+    idempotency_key = CharField(unique=True)
+    request = TextField()  # the order as first sent, to tell a repeat from a clash
+    pin_code = CharField()
+    created_at = DateTimeField(default=utcnow)
+    complete_at = DateTimeField()
+    fail_message = TextField(null=True)
+
+    class Meta:
+        table_name = "sandbox_order"
+
+    @classmethod
+    def find(cls, reference):
+        """The order with `reference`, or None (in SQL: every status check of the sandbox reads it)."""
+        rows = list(cls.raw('SELECT * FROM "sandbox_order" WHERE "reference" = {p}'.format(p=db.param), reference))
+        return rows[0] if rows else None
+
+    @classmethod
+    def place(cls, idempotency_key, request, **fields):
+        """The order for `idempotency_key`, created from `request` and `fields` if new; returns (order, created)."""
+        existing = cls.get_or_none(cls.idempotency_key == idempotency_key)
+        if existing is not None:
+            return existing, False
+        try:
+            with db.atomic():  # a savepoint, so a clash leaves an outer transaction usable
+                order = cls.create(idempotency_key=idempotency_key, request=request, **fields)
+            return order, True
+        except IntegrityError:
+            # A concurrent call with the same key won the race.
+            return cls.get(cls.idempotency_key == idempotency_key), False
+
+    def status_at(self, now):
+        """pending for the first half of its time, processing for the second, then final."""
+        if now >= self.complete_at:
+            return "failed" if self.fail_message else "completed"
+        halfway = self.created_at + (self.complete_at - self.created_at) / 2
+        return "processing" if now >= halfway else "pending"
+
+    def to_dict(self, now):
+        status = self.status_at(now)
+        return {
+            "reference": self.reference,
+            "status": status,
+            "pin_code": self.pin_code if status == "completed" else None,
+            "message": self.fail_message if status == "failed" else None,
+            "ready_in": round(max((self.complete_at - now).total_seconds(), 0), 3),
+            "created_at": isoformat(self.created_at),
+        }
+
+
+class SandboxFault(BaseModel):
+    """A fault injected into the sandbox: the next `remaining` calls to `target`
+    (create, status or any) answer `status`, or answer `delay_ms` late."""
+
+    target = CharField(default="any")
+    status = IntegerField(null=True)
+    delay_ms = IntegerField(default=0)
+    remaining = IntegerField(default=1)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "sandbox_fault"
+
+    @classmethod
+    def take(cls, target):
+        """Use up one call of the oldest fault for `target`; None when there is none."""
+        # Every sandbox call asks, and almost always finds none: a plain statement is cheapest.
+        sql = 'SELECT * FROM "sandbox_fault" WHERE "target" IN ({p}, {p}) AND "remaining" > 0 ORDER BY "id"'
+        for fault in list(cls.raw(sql.format(p=db.param), target, "any")):
+            used = cls.update(remaining=cls.remaining - 1).where((cls.id == fault.id) & (cls.remaining > 0)).execute()
+            if used:
+                return fault
+        return None
+
+    def to_dict(self):
+        return {
+            "id": str(self.id),
+            "target": self.target,
+            "status": self.status,
+            "delay_ms": self.delay_ms,
+            "remaining": self.remaining,
+        }
 
 
 # -- The sandbox provider ------------------------------------------------------------

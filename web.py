@@ -22,6 +22,8 @@ import uuid
 from bottle import BaseRequest, Bottle, HTTPResponse, MultipartError, request, response, static_file
 from peewee import IntegrityError, PeeweeException
 
+import analytics
+import courses
 import dashboard
 import jobs
 import limits
@@ -29,7 +31,9 @@ import media
 import metrics
 import models
 import openapi
+import orders
 import provider
+import schedules
 import settings
 import webhooks
 from models import ApiKey, Job, User, Worker
@@ -470,7 +474,7 @@ UPLOAD_OVERHEAD = 64 * 1024
 @api("/api/v1/posts/<post_id>/media", "POST")
 def upload_media(post_id):
     """Upload an image to a post (multipart, field `file`); its renditions are made in the background."""
-    post = _row(models.Post, post_id, "post")
+    post = _row(analytics.Post, post_id, "post")
     limit = settings.UPLOAD_MAX_MB * 1024 * 1024
     too_large = f"the upload limit is {settings.UPLOAD_MAX_MB} MiB (UPLOAD_MAX_MB)"
     # Refused before reading a byte; a body just over the limit is read and measured below.
@@ -482,14 +486,14 @@ def upload_media(post_id):
     if media.sniff_format(head) is None:
         name = upload.raw_filename or "the file"
         raise ApiError(422, "invalid_argument", f"file: {name!r} is not a JPEG, PNG, WebP or GIF image", "file")
-    token = models.Media.new_token()
+    token = analytics.Media.new_token()
     original = settings.INCOMING_DIR / token
     try:
         size = media.store_upload(upload.file, original, limit)
     except media.UploadTooLarge:
         raise ApiError(413, "too_large", f"file is over {settings.UPLOAD_MAX_MB} MiB; {too_large}") from None
     try:
-        item = models.Media.create(post=post, token=token, filename=(upload.raw_filename or "")[:200], size_bytes=size)
+        item = analytics.Media.create(post=post, token=token, filename=(upload.raw_filename or "")[:200], size_bytes=size)
         try:
             job = jobs.enqueue("process_media_upload", media_id=item.id)
         except jobs.Unavailable:
@@ -518,14 +522,14 @@ def _uploaded_file():
 @api("/api/v1/posts/<post_id>")
 def show_post(post_id):
     """A post with its counts and its media."""
-    post = _row(models.Post, post_id, "post")
-    return {**post.to_dict(), "media": [item.to_dict() for item in models.Media.of_post(post.id)]}
+    post = _row(analytics.Post, post_id, "post")
+    return {**post.to_dict(), "media": [item.to_dict() for item in analytics.Media.of_post(post.id)]}
 
 
 @api("/api/v1/media/<media_id>")
 def show_media(media_id):
     """An upload: processing, ready with its rendition URLs, or rejected with the reason."""
-    return _row(models.Media, media_id, "media").to_dict()
+    return _row(analytics.Media, media_id, "media").to_dict()
 
 
 @app.route("/uploads/<token:re:[A-Za-z0-9_-]{16,64}>/<name:re:(web|thumb_640|thumb_320)\\.webp>")
@@ -548,13 +552,13 @@ def create_course():
     if not isinstance(lessons, list) or not 1 <= len(lessons) <= 500:
         raise ApiError(422, "invalid_argument", "lessons: expected a list of 1 to 500 lesson titles", "lessons")
     titles = [_text(title, "lessons") for title in lessons]
-    return 201, models.Course.create_with_lessons(title, titles).to_dict()
+    return 201, courses.Course.create_with_lessons(title, titles).to_dict()
 
 
 @api("/api/v1/courses/<course_id>")
 def show_course(course_id):
     """One course with its lessons."""
-    return _row(models.Course, course_id, "course").to_dict()
+    return _row(courses.Course, course_id, "course").to_dict()
 
 
 @api("/api/v1/enrollments", "POST")
@@ -563,11 +567,11 @@ def create_enrollment():
     body = read_json()
     _no_unknown_fields(body, ("user_id", "course_id"))
     user = _ref(body, "user_id", User, "user")
-    course = _ref(body, "course_id", models.Course, "course")
+    course = _ref(body, "course_id", courses.Course, "course")
     try:
-        enrollment = models.Enrollment.create(user=user, course=course)
+        enrollment = courses.Enrollment.create(user=user, course=course)
     except IntegrityError:
-        existing = models.Enrollment.get((models.Enrollment.user == user) & (models.Enrollment.course == course))
+        existing = courses.Enrollment.get((courses.Enrollment.user == user) & (courses.Enrollment.course == course))
         raise jobs.Conflict(f"user {user.id} is already enrolled in course {course.id} (enrollment {existing.id})") from None
     return 201, enrollment.to_dict()
 
@@ -575,14 +579,14 @@ def create_enrollment():
 @api("/api/v1/enrollments/<enrollment_id>")
 def show_enrollment(enrollment_id):
     """An enrollment: its progress and, once earned, its certificate."""
-    return _row(models.Enrollment, enrollment_id, "enrollment").to_dict()
+    return _row(courses.Enrollment, enrollment_id, "enrollment").to_dict()
 
 
 @api("/api/v1/enrollments/<enrollment_id>/lessons/<lesson_id>/complete", "POST")
 def complete_lesson(enrollment_id, lesson_id):
     """Mark a lesson done; the progress is recomputed in the background."""
-    enrollment = _row(models.Enrollment, enrollment_id, "enrollment")
-    lesson = _row(models.Lesson, lesson_id, "lesson")
+    enrollment = _row(courses.Enrollment, enrollment_id, "enrollment")
+    lesson = _row(courses.Lesson, lesson_id, "lesson")
     if lesson.course_id != enrollment.course_id:
         raise ApiError(404, "not_found", f"course {enrollment.course_id} has no lesson with id {lesson_id!r}")
     enrollment.complete_lesson(lesson)
@@ -594,7 +598,7 @@ def complete_lesson(enrollment_id, lesson_id):
 @api("/api/v1/certificates/<code>")
 def verify_certificate(code):
     """Check a certificate's verification code."""
-    certificate = models.Certificate.by_code(code)
+    certificate = courses.Certificate.by_code(code)
     if certificate is None:
         raise ApiError(404, "not_found", f"no certificate with code {code[:50]!r}")
     return certificate.to_dict()
@@ -614,7 +618,7 @@ def certificate_file(filename):
 def get_webhook(webhook_id):
     # _parse_id: ASCII digits only ("²".isdigit() is True but int() rejects it) and small enough for SQLite.
     row_id = _parse_id(webhook_id)
-    webhook = None if row_id is None else models.Webhook.find_live(row_id)
+    webhook = None if row_id is None else webhooks.Webhook.find_live(row_id)
     if webhook is None:
         raise ApiError(404, "not_found", f"no webhook with id {webhook_id!r}")
     return webhook
@@ -646,15 +650,15 @@ def read_webhook(body):
 def create_webhook():
     """Subscribe a URL to events; the answer carries the signing secret, shown only this once."""
     url, events = read_webhook(read_json())
-    webhook = models.Webhook.subscribe(url, events)
-    jobs.forget_subscriptions()
+    webhook = webhooks.Webhook.subscribe(url, events)
+    webhooks.forget_subscriptions()
     return json_response(201, webhook.to_dict(secret=True), {"Location": f"/api/v1/webhooks/{webhook.id}"})
 
 
 @api("/api/v1/webhooks")
 def list_webhooks():
     """The live webhooks, without their secrets."""
-    return {"webhooks": [webhook.to_dict() for webhook in models.Webhook.live()]}
+    return {"webhooks": [webhook.to_dict() for webhook in webhooks.Webhook.live()]}
 
 
 @api("/api/v1/webhooks/<webhook_id>")
@@ -667,7 +671,7 @@ def show_webhook(webhook_id):
 def delete_webhook(webhook_id):
     """Stop sending to a webhook; its delivery log is kept."""
     get_webhook(webhook_id).deactivate()
-    jobs.forget_subscriptions()
+    webhooks.forget_subscriptions()
     return HTTPResponse(status=204)
 
 
@@ -680,7 +684,7 @@ def list_deliveries(webhook_id):
         raise ApiError(422, "invalid_argument", f"status: expected pending, succeeded or failed, got {status[:50]!r}", "status")
     limit = query_number("limit", 1, 200, int, default=50)
     try:
-        rows, cursor = models.WebhookDelivery.page(webhook.id, status, limit, request.query.getunicode("cursor"))
+        rows, cursor = webhooks.WebhookDelivery.page(webhook.id, status, limit, request.query.getunicode("cursor"))
     except (ValueError, OverflowError):  # OverflowError: a digit string too large for SQLite
         raise ApiError(422, "invalid_argument", "cursor: not a cursor returned by this API", "cursor") from None
     return {"deliveries": [delivery.to_dict() for delivery in rows], "next": cursor}
@@ -693,7 +697,7 @@ app.mount("/sandbox/", provider.sandbox.wsgi)
 
 
 def get_order(order_id):
-    order = models.Order.get_or_none(models.Order.id == order_id)
+    order = orders.Order.get_or_none(orders.Order.id == order_id)
     if order is None:
         raise ApiError(404, "not_found", f"no order with id {order_id!r}")
     return order
@@ -706,7 +710,7 @@ def create_order():
     idempotency_key = request.get_header("Idempotency-Key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
         raise ApiError(422, "invalid_argument", "Idempotency-Key: must be 1 to 200 characters", "Idempotency-Key")
-    order, created = jobs.place_order(body, api_key_id=current_key().id, idempotency_key=idempotency_key)
+    order, created = orders.place_order(body, api_key_id=current_key().id, idempotency_key=idempotency_key)
     if not created:
         return 200, order.to_dict()
     return json_response(201, order.to_dict(), {"Location": f"/api/v1/orders/{order.id}"})
@@ -722,12 +726,12 @@ def show_order(order_id):
 def list_orders():
     """Orders newest first, filtered by status, a page at a time."""
     status = request.query.getunicode("status") or None
-    if status is not None and status not in models.ORDER_STATUSES:
-        expected = ", ".join(models.ORDER_STATUSES)
+    if status is not None and status not in orders.ORDER_STATUSES:
+        expected = ", ".join(orders.ORDER_STATUSES)
         raise ApiError(422, "invalid_argument", f"status: expected one of {expected}, got {status[:50]!r}", "status")
     limit = query_number("limit", 1, 200, int, default=50)
     try:
-        rows, cursor = models.Order.page(status, limit, request.query.getunicode("cursor"))
+        rows, cursor = orders.Order.page(status, limit, request.query.getunicode("cursor"))
     except ValueError:
         raise ApiError(422, "invalid_argument", "cursor: not a cursor returned by this API", "cursor") from None
     return {"orders": [order.to_dict() for order in rows], "next": cursor}
@@ -760,14 +764,14 @@ def create_post():
     body = read_json()
     _no_unknown_fields(body, ("author_id", "body"))
     author = _ref(body, "author_id", User, "user")
-    post = models.Post.publish(author.id, _text(body.get("body"), "body", 10000))
+    post = analytics.Post.publish(author.id, _text(body.get("body"), "body", 10000))
     return json_response(201, post.to_dict())
 
 
 @api("/api/v1/analytics/trending")
 def trending_hashtags():
     """The top hashtags of the last 24 hours, as the last run of update_trending_hashtags counted them."""
-    snapshot = models.TrendingSnapshot.latest()
+    snapshot = analytics.TrendingSnapshot.latest()
     if snapshot is None:
         return {"computed_at": None, "window_hours": 24, "hashtags": []}
     return snapshot.to_dict()
@@ -777,7 +781,7 @@ def trending_hashtags():
 def daily_analytics():
     """The daily rows of generate_content_analytics for the last `days` (1-366, default 30), oldest first."""
     days = query_number("days", 1, 366, int, default=30)
-    return {"days": [row.to_dict() for row in models.DailyAnalytics.recent(days)]}
+    return {"days": [row.to_dict() for row in analytics.DailyAnalytics.recent(days)]}
 
 
 # -- Schedules -------------------------------------------------------------------------
@@ -792,25 +796,25 @@ def _on_schedule(action, name):
 @api("/api/v1/schedules")
 def list_schedules():
     """Every schedule: crontab, paused, next and last run, last job and its status."""
-    return {"schedules": jobs.schedule_dicts()}
+    return {"schedules": schedules.schedule_dicts()}
 
 
 @api("/api/v1/schedules/<name>/pause", "POST")
 def pause_schedule(name):
     """Pause a schedule for every consumer, until resumed."""
-    return _on_schedule(jobs.pause_schedule, name)
+    return _on_schedule(schedules.pause_schedule, name)
 
 
 @api("/api/v1/schedules/<name>/resume", "POST")
 def resume_schedule(name):
     """Resume a paused schedule."""
-    return _on_schedule(lambda n: jobs.pause_schedule(n, paused=False), name)
+    return _on_schedule(lambda n: schedules.pause_schedule(n, paused=False), name)
 
 
 @api("/api/v1/schedules/<name>/run", "POST")
 def run_schedule(name):
     """Run a schedule's function now; 409 while its last job is unfinished."""
-    job = _on_schedule(jobs.run_schedule, name)
+    job = _on_schedule(schedules.run_schedule, name)
     return json_response(202, job.to_dict(), {"Location": f"/api/v1/jobs/{job.id}"})
 
 

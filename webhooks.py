@@ -1,19 +1,47 @@
-"""litejobs webhooks: checking target URLs, signing bodies and sending them.
+"""litejobs webhooks: subscriptions, their deliveries, and the jobs that send them.
 
-Plain functions over the standard library. jobs.py turns events into
-deliveries and runs each one as a job; web.py manages the subscriptions.
-A receiver checks the `Litejobs-Signature` header with `verify()`.
+The Webhook and WebhookDelivery tables; checking target URLs, signing bodies
+and sending them (plain functions over the standard library); turning events
+into deliveries, each one run as a job (deliver_webhook); and the hourly
+`usage.hourly` event. web.py manages the subscriptions. A receiver checks the
+`Litejobs-Signature` header with `verify()`.
 """
 
+import datetime
 import hashlib
 import hmac
 import http.client
 import ipaddress
+import json
+import logging
+import secrets
 import socket
 import threading
 import time
+import uuid
 from typing import NamedTuple
 from urllib.parse import urlsplit
+
+from huey.exceptions import RetryTask
+from peewee import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    IntegrityError,
+    TextField,
+    fn,
+)
+
+import orders
+import settings
+from jobs import JobError, Unavailable, submit, task
+from models import BaseModel, Job, User, db, isoformat, parse_time, utcnow
+
+logger = logging.getLogger("litejobs.webhooks")
+
 
 EVENTS = ("job.succeeded", "job.failed", "order.completed", "order.failed", "usage.hourly")
 SIGNATURE_HEADER = "Litejobs-Signature"
@@ -206,3 +234,292 @@ def _abort(connection):
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already closed: the attempt ended on its own
+
+
+# -- Subscriptions and deliveries ------------------------------------------------
+class Webhook(BaseModel):
+    """A URL that gets a signed POST for each event it subscribed to; deleting it only deactivates it."""
+
+    url = TextField()
+    events = TextField()  # a JSON list of event names
+    secret = CharField()
+    created_at = DateTimeField(default=utcnow)
+    active = BooleanField(default=True)
+
+    @classmethod
+    def subscribe(cls, url, events):
+        """A new webhook with a fresh signing secret."""
+        return cls.create(url=url, events=json.dumps(events), secret="whsec_" + secrets.token_urlsafe(32))
+
+    @classmethod
+    def live(cls):
+        return cls.select().where(cls.active == True).order_by(cls.id)  # noqa: E712
+
+    @classmethod
+    def find_live(cls, webhook_id):
+        """The active webhook with id `webhook_id` (a string from a URL), or None."""
+        if not str(webhook_id).isdigit():
+            return None
+        return cls.get_or_none((cls.id == int(webhook_id)) & (cls.active == True))  # noqa: E712
+
+    @property
+    def event_names(self):
+        return json.loads(self.events)
+
+    def deactivate(self):
+        Webhook.update(active=False).where(Webhook.id == self.id).execute()
+
+    def to_dict(self, secret=False):
+        body = {"id": str(self.id), "url": self.url, "events": self.event_names, "created_at": isoformat(self.created_at)}
+        if secret:
+            body["secret"] = self.secret
+        return body
+
+
+class WebhookDelivery(BaseModel):
+    """One event sent to one webhook: the body, the same on every attempt, and how the attempts went."""
+
+    webhook = ForeignKeyField(Webhook, backref="deliveries", on_delete="CASCADE")
+    event_id = CharField()  # the body's "id": receivers drop repeats by it
+    event = CharField()
+    payload = TextField()
+    status = CharField(default="pending")  # pending, succeeded or failed
+    response_code = IntegerField(null=True)
+    attempts = IntegerField(default=0)
+    duration_ms = FloatField(null=True)
+    created_at = DateTimeField(default=utcnow)
+    last_attempt_at = DateTimeField(null=True)
+    next_attempt_at = DateTimeField(null=True)
+    last_error = TextField(null=True)
+    job_id = CharField(null=True)
+
+    class Meta:
+        # One delivery of an event per webhook, however often the event is emitted.
+        indexes = ((("webhook", "event_id"), True),)
+
+    @classmethod
+    def create_for(cls, webhook_ids, event_id, event, payload):
+        """A pending delivery to each live webhook of `webhook_ids` that has none for `event_id` yet."""
+        created = []
+        for webhook in Webhook.live().where(Webhook.id.in_(webhook_ids)):
+            try:
+                with db.atomic():  # a savepoint, so a repeat leaves an outer transaction usable
+                    created.append(cls.create(webhook=webhook, event_id=event_id, event=event, payload=payload))
+            except IntegrityError:
+                continue
+        return created
+
+    @classmethod
+    def page(cls, webhook_id, status=None, limit=50, cursor=None):
+        """Newest first; returns (deliveries, cursor of the next page or None)."""
+        query = cls.select().where(cls.webhook == webhook_id)
+        if status:
+            query = query.where(cls.status == status)
+        if cursor:
+            if not cursor.isdigit():
+                raise ValueError("not a cursor returned by this API")
+            query = query.where(cls.id < int(cursor))
+        rows = list(query.order_by(cls.id.desc()).limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (str(rows[-1].id) if more else None)
+
+    def record_attempt(self, status, response_code, duration_ms, error, next_attempt_at=None):
+        """Count one attempt made from this row's state; False when another run recorded first."""
+        return bool(
+            WebhookDelivery.update(
+                status=status,
+                response_code=response_code,
+                duration_ms=duration_ms,
+                last_error=error,
+                attempts=WebhookDelivery.attempts + 1,
+                last_attempt_at=utcnow(),
+                next_attempt_at=next_attempt_at,
+            )
+            .where(
+                (WebhookDelivery.id == self.id)
+                & (WebhookDelivery.status == "pending")
+                & (WebhookDelivery.attempts == self.attempts)
+            )
+            .execute()
+        )
+
+    @classmethod
+    def give_up(cls, delivery_id, error):
+        cls.update(status="failed", last_error=error, next_attempt_at=None).where(
+            (cls.id == delivery_id) & (cls.status == "pending")
+        ).execute()
+
+    def to_dict(self):
+        return {
+            "id": str(self.id),
+            "event_id": self.event_id,
+            "event": self.event,
+            "status": self.status,
+            "response_code": self.response_code,
+            "attempts": self.attempts,
+            "duration_ms": self.duration_ms,
+            "created_at": isoformat(self.created_at),
+            "last_attempt_at": isoformat(self.last_attempt_at),
+            "next_attempt_at": isoformat(self.next_attempt_at),
+            "error": self.last_error,
+            "job_id": self.job_id,
+        }
+
+
+def usage_counts(start, end):
+    """What the `usage.hourly` event reports for [start, end).
+
+    Per function: jobs enqueued in the window, and jobs that reached each
+    terminal status in it (the counters of /metrics). Orders placed in the
+    window, by the status they have now. Users created in the window.
+    """
+    jobs = {}
+    window = (Job.enqueued_at >= start) & (Job.enqueued_at < end)
+    for row in Job.select(Job.name, fn.COUNT(Job.id).alias("n")).where(window).group_by(Job.name).namedtuples():
+        jobs.setdefault(row.name, {})["enqueued"] = row.n
+    finished = (Job.finished_at >= start) & (Job.finished_at < end)
+    query = Job.select(Job.name, Job.status, fn.COUNT(Job.id).alias("n")).where(finished).group_by(Job.name, Job.status)
+    for row in query.namedtuples():
+        jobs.setdefault(row.name, {})[row.status] = row.n
+    placed = (orders.Order.created_at >= start) & (orders.Order.created_at < end)
+    query = (
+        orders.Order.select(orders.Order.status, fn.COUNT(orders.Order.id).alias("n"))
+        .where(placed)
+        .group_by(orders.Order.status)
+    )
+    order_counts = dict.fromkeys(("created",) + orders.ORDER_STATUSES, 0)
+    for row in query.namedtuples():
+        order_counts[row.status] = row.n
+        order_counts["created"] += row.n
+    new_users = User.select().where((User.created_at >= start) & (User.created_at < end)).count()
+    return {"jobs": dict(sorted(jobs.items())), "orders": order_counts, "new_users": new_users}
+
+
+# -- Events and their delivery ---------------------------------------------------
+# Finishing a job asks "who listens?": a per-process list answers without a query
+# for this many seconds. A webhook created or deleted here clears it at once.
+SUBSCRIPTIONS_TTL = 5.0
+_subscriptions = (None, 0.0, {})  # (database, monotonic expiry, {event: [webhook ids]})
+_SILENT = {"deliver_webhook"}  # their own outcomes are no events: no delivery loops
+
+
+def forget_subscriptions():
+    """Drop this process's cached list of webhook subscriptions."""
+    global _subscriptions
+    _subscriptions = (None, 0.0, {})
+
+
+def subscribers(event):
+    """Ids of the live webhooks subscribed to `event` (cached for SUBSCRIPTIONS_TTL seconds)."""
+    global _subscriptions
+    database, expires, by_event = _subscriptions
+    now = time.monotonic()
+    if database is not db.obj or now >= expires:
+        by_event = {}
+        for webhook in Webhook.live():
+            for name in webhook.event_names:
+                by_event.setdefault(name, []).append(webhook.id)
+        _subscriptions = (db.obj, now + SUBSCRIPTIONS_TTL, by_event)
+    return by_event.get(event, [])
+
+
+def event_id(key):
+    """A stable event id for `key`, private to this installation (keyed by SECRET_KEY).
+
+    Emitting the same event twice (a task run twice) gives the same id, so
+    the second emit delivers nothing new and receivers see no repeat.
+    """
+    digest = hmac.new(settings.SECRET_KEY.encode(), key.encode(), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def emit(event, data, key=None):
+    """Queue a delivery of `event` with `data` to every live webhook subscribed to it.
+
+    `key` names the occurrence (e.g. "job.failed:<job id>") so that emitting it
+    again sends nothing twice; without one every call is a new event. Returns
+    the number of deliveries queued.
+    """
+    webhook_ids = subscribers(event)
+    if not webhook_ids:
+        return 0
+    identifier = event_id(key) if key else str(uuid.uuid4())
+    body = {"id": identifier, "event": event, "created_at": isoformat(utcnow()), "data": data}
+    deliveries = WebhookDelivery.create_for(webhook_ids, identifier, event, json.dumps(body, default=str))
+    for delivery in deliveries:
+        # Inside a transaction the rows are not visible to a consumer until it commits.
+        db.after_commit(lambda delivery=delivery: _queue_delivery(delivery))
+    return len(deliveries)
+
+
+def _queue_delivery(delivery):
+    try:
+        job, _ = submit("deliver_webhook", {"delivery_id": delivery.id}, checked=True)
+    except Unavailable as exc:
+        logger.warning("webhook delivery %s: could not be queued: %s", delivery.id, exc)
+        WebhookDelivery.give_up(delivery.id, f"could not be queued: {exc}")
+        return
+    WebhookDelivery.update(job_id=job.id).where(WebhookDelivery.id == delivery.id).execute()
+
+
+def job_event(job_id, name, status):
+    """Emit job.succeeded or job.failed for a job that just finished."""
+    event = f"job.{status}"
+    if name in _SILENT or not subscribers(event):
+        return
+    job = Job.get_or_none(Job.id == job_id)
+    if job is not None:
+        emit(event, job.to_dict(), key=f"{event}:{job_id}")
+
+
+@task(queue="notifications")
+def deliver_webhook(delivery_id: int):
+    """POST one webhook delivery; a timeout, connection error or 5xx is tried again later.
+
+    Each run makes one attempt. The next waits WEBHOOK_RETRY_BASE seconds,
+    doubling each time, until WEBHOOK_MAX_ATTEMPTS; a 4xx is final.
+    """
+    delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
+    if delivery is None or delivery.status != "pending":
+        # A second run of a finished delivery (at-least-once): nothing to send.
+        return None if delivery is None else delivery.status
+    webhook = delivery.webhook
+    if not webhook.active:
+        WebhookDelivery.give_up(delivery.id, "webhook deleted before delivery")
+        return "webhook deleted; not sent"
+    outcome = send(
+        webhook.url,
+        webhook.secret,
+        delivery.payload.encode("utf-8"),
+        delivery.event,
+        timeout=settings.WEBHOOK_TIMEOUT,
+        allow_private=settings.WEBHOOK_ALLOW_PRIVATE,
+    )
+    attempts = delivery.attempts + 1
+    again = outcome.retry and attempts < settings.WEBHOOK_MAX_ATTEMPTS
+    delay = retry_delay(attempts, settings.WEBHOOK_RETRY_BASE) if again else None
+    status = "pending" if again else "succeeded" if outcome.ok else "failed"
+    next_at = utcnow() + datetime.timedelta(seconds=delay) if again else None
+    if not delivery.record_attempt(status, outcome.response_code, outcome.duration_ms, outcome.error, next_at):
+        return "recorded by another run"
+    if again:
+        logger.info("webhook delivery %s: %s; attempt %s in %s s", delivery.id, outcome.error, attempts + 1, delay)
+        raise RetryTask(f"{outcome.error}; attempt {attempts + 1} in {delay:g} s", delay=delay)
+    if not outcome.ok:
+        raise JobError(f"webhook delivery {delivery.id} to {webhook.url} failed after {attempts} attempt(s): {outcome.error}")
+    return {"delivery_id": str(delivery.id), "response_code": outcome.response_code, "attempts": attempts}
+
+
+@task(queue="notifications")
+def send_usage_statistics(until: str | None = None):
+    """Emit `usage.hourly`: jobs per function and status, orders and new users of one hour.
+
+    The hour ends at `until` (an ISO time), by default at the start of the
+    current hour, so hourly runs report whole hours without gaps or overlap.
+    """
+    end = parse_time(until) if until else utcnow().replace(minute=0, second=0, microsecond=0)
+    start = end - datetime.timedelta(hours=1)
+    data = {"start": isoformat(start), "end": isoformat(end), **usage_counts(start, end)}
+    sent = emit("usage.hourly", data, key=f"usage.hourly:{start.isoformat()}:{end.isoformat()}")
+    return {"deliveries": sent, **data}

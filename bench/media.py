@@ -50,21 +50,22 @@ def make_photo(path, seed, size=(4000, 3000)):
 
 def prepare(data_dir, photos, n):
     """Rows and originals for `n` uploads, and their jobs queued; returns the job ids."""
+    import analytics
     import jobs
     import lj
     import models
 
     lj.use(f"sqlite:///{data_dir / 'litejobs.db'}", f"sqlite:///{data_dir / 'queue.db'}")
     user = models.User.create(email="bench@example.com", name="Bench")
-    post = models.Post.create(author=user, body="benchmark #photos")
+    post = analytics.Post.create(author=user, body="benchmark #photos")
     ids = []
     for number in range(n):
-        token = models.Media.new_token()
+        token = analytics.Media.new_token()
         # Where the consumer, started with DATA_DIR=data_dir, looks for the original.
         incoming = data_dir / "incoming"
         incoming.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(photos[number % len(photos)], incoming / token)
-        item = models.Media.create(post=post, token=token, filename=f"photo{number}.jpg")
+        item = analytics.Media.create(post=post, token=token, filename=f"photo{number}.jpg")
         job = jobs.enqueue("process_media_upload", media_id=item.id)
         ids.append(job.id)
     return ids
@@ -78,8 +79,8 @@ def peak_rss_mb(pid):
 
 
 def run_row(photos, limit, n, workers=4, timeout=600):
+    import analytics
     import lj
-    import models
 
     data_dir = common.scratch(f"media-limit{limit}")
     ids = prepare(data_dir, photos, n)
@@ -93,7 +94,7 @@ def run_row(photos, limit, n, workers=4, timeout=600):
         process.stop()
     first, last, count = lj.span(ids)
     seconds = (last - first).total_seconds()
-    ready = models.Media.select().where(models.Media.status == "ready").count()
+    ready = analytics.Media.select().where(analytics.Media.status == "ready").count()
     statuses = lj.statuses()
     lj.close()
     if ready != n:

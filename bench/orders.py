@@ -28,11 +28,13 @@ sys.path.insert(0, str(common.ROOT))
 os.environ["DATA_DIR"] = str(common.scratch("orders-driver"))
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-import jobs  # noqa: E402
 import lj  # noqa: E402
 import models  # noqa: E402
+import orders  # noqa: E402
 import settings  # noqa: E402
-from models import Job, Order, SandboxOrder  # noqa: E402
+from models import Job  # noqa: E402
+from orders import Order  # noqa: E402
+from provider import SandboxOrder  # noqa: E402
 
 LATENCY_MS = 100
 WORKERS = {"greenlet": 100, "thread": 8}
@@ -89,7 +91,7 @@ def seed_orders(data_dir, n):
             Order.insert_many([{"id": secrets.token_hex(16), **row} for row in chunk]).execute()
     settings.ORDER_BATCH_SIZE = n
     started = time.perf_counter()
-    queued = jobs.sweep()["queued"]
+    queued = orders.sweep()["queued"]
     seconds = time.perf_counter() - started
     assert queued == n, f"the sweep queued {queued} of {n}"
     return seconds

@@ -143,7 +143,7 @@ def main():
         print("  (the jobs demo-data queued are dropped, so each measured job has the queue to itself)\n")
 
         names = subprocess.run(
-            [py, "-c", "import jobs; print(' '.join(s.name for s in jobs.active_schedules()))"],
+            [py, "-c", "import schedules; print(' '.join(s.name for s in schedules.active_schedules()))"],
             cwd=common.ROOT, env=env, capture_output=True, text=True, check=True,
         ).stdout.split()
         names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]

@@ -14,6 +14,8 @@ import pytest
 
 import dashboard
 import models
+import orders
+import schedules
 from conftest import REQUIRE_SERVICES, wait_until
 from test_dashboard import fast_orders  # noqa: F401 - a fixture
 
@@ -215,7 +217,7 @@ def test_place_an_order_and_see_the_pin(person, consumer, fast_orders):  # noqa:
     assert person.path.startswith("/orders/")
     person.screenshot("order-pending")
     person.wait_for_text("h1", "completed")  # the page refreshes itself until then
-    order = models.Order.get_by_id(person.path.rsplit("/", 1)[1])
+    order = orders.Order.get_by_id(person.path.rsplit("/", 1)[1])
     person.wait_for_text("#pin", order.pin_code)
     person.screenshot("order-completed")
     person.open("/orders")
@@ -230,9 +232,9 @@ def test_pause_a_schedule(person):
     person.wait_for_text(row, "active")
     person.find(f"{row} form[action$='/pause'] button").click()
     person.wait_for_text(row, "paused")
-    assert models.ScheduleState.get_by_id("prune_job_history").paused
+    assert schedules.ScheduleState.get_by_id("prune_job_history").paused
     assert person.find(f"{row} button.secondary").text == "Resume"
     person.screenshot("schedules-paused")
     person.find(f"{row} form[action$='/resume'] button").click()
     person.wait_for_text(row, "active")
-    assert not models.ScheduleState.get_by_id("prune_job_history").paused
+    assert not schedules.ScheduleState.get_by_id("prune_job_history").paused

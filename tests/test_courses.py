@@ -7,10 +7,12 @@ import pytest
 from conftest import assert_error, wait_until
 from pypdf import PdfReader
 
+import courses
 import jobs
 import models
 import settings
-from models import Certificate, Job, User
+from courses import Certificate
+from models import Job, User
 
 
 def make_user(name="Ada Lovelace", email="ada@example.com"):
@@ -181,7 +183,7 @@ def test_completing_the_course_issues_one_verifiable_certificate(client, consume
 
 def test_certificate_task_run_twice_at_once_keeps_one_certificate_and_one_pdf(client):
     user, course = make_user(), make_course(client)
-    enrollment = models.Enrollment.get_by_id(int(enroll(client, user, course)["id"]))
+    enrollment = courses.Enrollment.get_by_id(int(enroll(client, user, course)["id"]))
     for lesson in enrollment.course.lessons:
         enrollment.complete_lesson(lesson)
     assert enrollment.recalculate() == 100
@@ -190,14 +192,14 @@ def test_certificate_task_run_twice_at_once_keeps_one_certificate_and_one_pdf(cl
     results = []
 
     def run():
-        results.append(jobs.generate_certificate.call_local(enrollment.id))
+        results.append(courses.generate_certificate.call_local(enrollment.id))
 
     threads = [threading.Thread(target=run) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    results.append(jobs.generate_certificate.call_local(enrollment.id))
+    results.append(courses.generate_certificate.call_local(enrollment.id))
     assert len({result["code"] for result in results}) == 1
     assert sum(result["created"] for result in results) == 1
     certificate = Certificate.get()

@@ -7,9 +7,14 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
+import analytics
+import courses
 import dashboard
 import jobs
 import models
+import orders
+import schedules
+import webhooks
 from conftest import wait_until
 
 EMAIL, PASSWORD = "admin@example.com", "correct horse battery"
@@ -458,7 +463,7 @@ def test_order_form_places_an_order_and_shows_its_pin(logged_in, consumer, fast_
     order_id = urlsplit(reply.getheader("Location")).path.rsplit("/", 1)[1]
     page = logged_in.get(f"/orders/{order_id}").text
     assert "player-1" in page
-    order = wait_until(lambda: (o := models.Order.get_by_id(order_id)).status == "completed" and o, timeout=15)
+    order = wait_until(lambda: (o := orders.Order.get_by_id(order_id)).status == "completed" and o, timeout=15)
     assert order.extra_field is None
     page = logged_in.get(f"/orders/{order_id}").text
     assert f'<p class="pin" id="pin">{order.pin_code}</p>' in page
@@ -469,7 +474,7 @@ def test_order_form_places_an_order_and_shows_its_pin(logged_in, consumer, fast_
 
 
 def test_pending_order_page_refreshes(logged_in):
-    order, _ = jobs.place_order({"product_id": "p", "package_id": "k", "user_identifier": "u"})
+    order, _ = orders.place_order({"product_id": "p", "package_id": "k", "user_identifier": "u"})
     assert 'data-refresh="1"' in logged_in.get(f"/orders/{order.id}").text
     assert 'data-refresh="2"' in logged_in.get("/orders").text
 
@@ -480,7 +485,7 @@ def test_order_form_shows_errors_inline(logged_in):
     assert reply.status == 422
     assert "user_identifier: must not be blank" in reply.text
     assert 'value="game-card"' in reply.text  # what was typed stays
-    assert models.Order.select().count() == 0
+    assert orders.Order.select().count() == 0
 
 
 def test_unknown_order_is_404(logged_in):
@@ -491,7 +496,7 @@ def test_unknown_order_is_404(logged_in):
 # -- Schedules ------------------------------------------------------------------------------
 def test_schedules_page_lists_every_schedule(logged_in):
     page = logged_in.get("/schedules").text
-    for item in jobs.active_schedules():
+    for item in schedules.active_schedules():
         assert f'id="schedule-{item.name}"' in page
     assert "every 5 minutes" in page and "<code>*/5 * * * *</code>" in page
     assert 'action="/schedules/prune_job_history/pause"' in page
@@ -502,12 +507,12 @@ def test_pause_and_resume_schedule_forms(logged_in):
     reply = logged_in.submit("/schedules/prune_job_history/pause", page="/schedules")
     assert reply.status == 303
     assert urlsplit(reply.getheader("Location")).path == "/schedules"
-    assert models.ScheduleState.get_by_id("prune_job_history").paused
+    assert schedules.ScheduleState.get_by_id("prune_job_history").paused
     page = logged_in.get("/schedules").text
     assert 'action="/schedules/prune_job_history/resume"' in page
     assert 'action="/schedules/prune_job_history/pause"' not in page
     assert logged_in.submit("/schedules/prune_job_history/resume").status == 303
-    assert not models.ScheduleState.get_by_id("prune_job_history").paused
+    assert not schedules.ScheduleState.get_by_id("prune_job_history").paused
     assert logged_in.submit("/schedules/no_such_schedule/pause").status == 404
 
 
@@ -525,12 +530,12 @@ def test_run_now_form_starts_the_job(logged_in):
 # -- Analytics ------------------------------------------------------------------------------
 def test_analytics_page_draws_trending_and_daily_charts(logged_in):
     now = models.utcnow()
-    models.TrendingSnapshot.create(
+    analytics.TrendingSnapshot.create(
         computed_at=now, window_hours=24, hashtags='[{"tag": "python", "count": 42}, {"tag": "huey", "count": 7}]'
     )
     for back in range(10):
         day = (now - dashboard.datetime.timedelta(days=back)).date()
-        models.DailyAnalytics.create(date=day, new_users=back, posts=2 * back, likes=3, active_users=5, mean_engagement=1.5)
+        analytics.DailyAnalytics.create(date=day, new_users=back, posts=2 * back, likes=3, active_users=5, mean_engagement=1.5)
     page = logged_in.get("/analytics").text
     assert "#python" in page and ">42<" in page
     assert page.count('<svg class="chart"') == 1 + len(dashboard.DAILY_SERIES)
@@ -547,12 +552,12 @@ def test_analytics_page_says_when_nothing_was_computed(logged_in):
 
 # -- Webhooks, posts and courses ------------------------------------------------------------
 def test_webhooks_page_lists_deliveries_and_never_the_secret(logged_in):
-    webhook = models.Webhook.subscribe("https://hooks.example/in", ["job.failed", "order.completed"])
-    gone = models.Webhook.subscribe("https://gone.example/in", ["job.failed"])
+    webhook = webhooks.Webhook.subscribe("https://hooks.example/in", ["job.failed", "order.completed"])
+    gone = webhooks.Webhook.subscribe("https://gone.example/in", ["job.failed"])
     gone.deactivate()
-    delivery = models.WebhookDelivery.create(webhook=webhook, event_id="evt_1", event="job.failed", payload="{}")
+    delivery = webhooks.WebhookDelivery.create(webhook=webhook, event_id="evt_1", event="job.failed", payload="{}")
     delivery.record_attempt("succeeded", 204, 12.5, None)
-    models.WebhookDelivery.create(webhook=webhook, event_id="evt_2", event="order.completed", payload="{}", status="failed", last_error="timed out")
+    webhooks.WebhookDelivery.create(webhook=webhook, event_id="evt_2", event="order.completed", payload="{}", status="failed", last_error="timed out")
     reply = logged_in.get("/webhooks")
     assert reply.status == 200
     page = reply.text
@@ -569,12 +574,12 @@ def test_webhooks_page_when_there_are_none(logged_in):
 
 
 def test_post_page_shows_media_thumbnails_and_errors(logged_in, user):
-    post = models.Post.publish(user.id, "Hello #world <b>bold</b>")
-    ready = models.Media.create(post=post, token=models.Media.new_token(), filename="cat.png", size_bytes=1234)
+    post = analytics.Post.publish(user.id, "Hello #world <b>bold</b>")
+    ready = analytics.Media.create(post=post, token=analytics.Media.new_token(), filename="cat.png", size_bytes=1234)
     ready.mark_ready(800, 600, {"web": [800, 600], "thumb_640": [640, 480], "thumb_320": [320, 240]})
-    bad = models.Media.create(post=post, token=models.Media.new_token(), filename="bad.gif")
+    bad = analytics.Media.create(post=post, token=analytics.Media.new_token(), filename="bad.gif")
     bad.reject("not an image we can read")
-    models.Media.create(post=post, token=models.Media.new_token(), filename="slow.jpg")
+    analytics.Media.create(post=post, token=analytics.Media.new_token(), filename="slow.jpg")
     reply = logged_in.get(f"/posts/{post.id}")
     assert reply.status == 200
     page = reply.text
@@ -589,12 +594,12 @@ def test_post_page_shows_media_thumbnails_and_errors(logged_in, user):
 
 
 def test_courses_page_shows_lessons_progress_and_certificate(logged_in, user):
-    course = models.Course.create_with_lessons("Intro to queues", ["one", "two", "three", "four"])
+    course = courses.Course.create_with_lessons("Intro to queues", ["one", "two", "three", "four"])
     learner = models.User.create(email="ann@example.com", name="Ann Learner")
-    done = models.Enrollment.create(user=learner, course=course, progress=100, completed_at=models.utcnow())
-    certificate, created = models.Certificate.draft(done).save_once()
+    done = courses.Enrollment.create(user=learner, course=course, progress=100, completed_at=models.utcnow())
+    certificate, created = courses.Certificate.draft(done).save_once()
     assert created
-    halfway = models.Enrollment.create(user=user, course=course, progress=50)
+    halfway = courses.Enrollment.create(user=user, course=course, progress=50)
     reply = logged_in.get("/courses")
     assert reply.status == 200
     page = reply.text

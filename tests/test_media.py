@@ -14,10 +14,13 @@ import pytest
 from conftest import Client, _use_redis, assert_error, service_or_skip, wait_until
 from PIL import Image
 
+import analytics
+import courses
 import jobs
 import models
 import settings
-from models import Job, Media, User
+from analytics import Media
+from models import Job, User
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 
@@ -81,7 +84,7 @@ def multipart(data, filename="photo.jpg", field="file", content_type="applicatio
 # -- Helpers -------------------------------------------------------------------------
 def make_post():
     author = User.create(email=f"{uuid.uuid4().hex[:8]}@example.com", name="Poster")
-    return models.Post.create(author=author, body="holiday #photos")
+    return analytics.Post.create(author=author, body="holiday #photos")
 
 
 def upload(client, post_id, data, filename="photo.jpg", **kwargs):
@@ -174,7 +177,7 @@ def test_processing_twice_changes_nothing(client, consumer):
     _, media = uploaded_and_processed(client, png_with_alpha(), "logo.png")
     item = Media.get_by_id(int(media["id"]))
     before = {p.name: p.stat().st_mtime_ns for p in item.folder.iterdir()}
-    assert jobs.process_media_upload.call_local(item.id)["status"] == "ready"
+    assert courses.process_media_upload.call_local(item.id)["status"] == "ready"
     assert {p.name: p.stat().st_mtime_ns for p in item.folder.iterdir()} == before
     assert client.get(f"/api/v1/media/{media['id']}").json == media
 
@@ -276,8 +279,8 @@ def _near(pixel, colour, tolerance=40):
 # -- Cleanup ----------------------------------------------------------------------------------
 def _post_aged(days, with_media=False):
     post = make_post()
-    models.Post.update(created_at=models.utcnow() - datetime.timedelta(days=days)).where(
-        models.Post.id == post.id
+    analytics.Post.update(created_at=models.utcnow() - datetime.timedelta(days=days)).where(
+        analytics.Post.id == post.id
     ).execute()
     if not with_media:
         return post, None
@@ -289,7 +292,7 @@ def _post_aged(days, with_media=False):
 
 
 def test_cleanup_old_posts_removes_only_old_posts_nobody_touched(monkeypatch):
-    monkeypatch.setattr(jobs, "CLEANUP_BATCH", 2)  # several batches for five posts
+    monkeypatch.setattr(analytics, "CLEANUP_BATCH", 2)  # several batches for five posts
     retention = settings.POST_RETENTION_DAYS
     doomed = [_post_aged(retention + 1 + n, with_media=n < 2) for n in range(5)]
     liked, liked_media = _post_aged(retention + 30, with_media=True)
@@ -297,13 +300,13 @@ def test_cleanup_old_posts_removes_only_old_posts_nobody_touched(monkeypatch):
     shared, _ = _post_aged(retention + 30)
     recent, recent_media = _post_aged(retention - 1, with_media=True)
     fan = User.create(email="fan@example.com", name="Fan")
-    models.Like.create(user=fan, post=liked)
-    models.Comment.create(user=fan, post=commented, body="nice")
-    models.Share.create(user=fan, post=shared)
+    analytics.Like.create(user=fan, post=liked)
+    analytics.Comment.create(user=fan, post=commented, body="nice")
+    analytics.Share.create(user=fan, post=shared)
 
-    result = jobs.cleanup_old_posts.call_local()
+    result = analytics.cleanup_old_posts.call_local()
     assert result["deleted_posts"] == 5 and result["deleted_media"] == 2
-    left = {post.id for post in models.Post.select()}
+    left = {post.id for post in analytics.Post.select()}
     assert left == {liked.id, commented.id, shared.id, recent.id}
     for _, item in doomed:
         if item is not None:
@@ -311,7 +314,7 @@ def test_cleanup_old_posts_removes_only_old_posts_nobody_touched(monkeypatch):
     for item in (liked_media, recent_media):
         assert sorted(p.name for p in item.folder.iterdir()) == ["thumb_320.webp", "thumb_640.webp", "web.webp"]
     # Running it again finds nothing more to do.
-    assert jobs.cleanup_old_posts.call_local()["deleted_posts"] == 0
+    assert analytics.cleanup_old_posts.call_local()["deleted_posts"] == 0
 
 
 def _aged_file(path, hours, data=b"x"):
@@ -343,7 +346,7 @@ def test_cleanup_old_cache_removes_leftovers_of_crashed_runs_only():
     owned_original = _aged_file(item.original_path, hours=2)
     stray_pdf = _aged_file(settings.CERTIFICATE_DIR / "ZZZZ-ZZZZ-ZZZ2.pdf", hours=2)
 
-    result = jobs.cleanup_old_cache.call_local()
+    result = courses.cleanup_old_cache.call_local()
     assert result["queue_store_entries"] == 3 and result["rate_limit_keys"] == 0
     left = {key.decode() if isinstance(key, bytes) else key for key in store.result_items()}
     assert left >= {f"r:{fresh_job.id}", f"r:{waiting_job.id}", "litejobs.lock.x"}
@@ -365,7 +368,7 @@ def test_cleanup_old_cache_removes_past_rate_limit_windows_in_redis():
     client.set(f"litejobs:ratelimit:key:7:{window}", 1, ex=120)
     client.set("unrelated", 1)
     try:
-        assert jobs.cleanup_old_cache.call_local()["rate_limit_keys"] == 2
+        assert courses.cleanup_old_cache.call_local()["rate_limit_keys"] == 2
         assert client.exists(f"litejobs:ratelimit:key:7:{window}") and client.exists("unrelated")
         assert not client.exists(f"litejobs:ratelimit:key:7:{window - 5}")
     finally:

@@ -25,6 +25,7 @@ import jobs
 import limits
 import models
 import openapi
+import orders
 import settings
 import web
 from models import Job, JobCount, JobDuration, utcnow
@@ -280,8 +281,8 @@ def test_queue_depth_and_oldest_wait_without_a_consumer(client, anonymous):
 
 def test_order_past_its_deadline_shows_in_metrics(anonymous):
     old = utcnow() - __import__("datetime").timedelta(hours=settings.ORDER_DEADLINE_HOURS + 1)
-    models.Order.create(product_id="p", package_id="k", user_identifier="u", created_at=old, next_check_at=old)
-    models.Order.create(product_id="p", package_id="k", user_identifier="u")
+    orders.Order.create(product_id="p", package_id="k", user_identifier="u", created_at=old, next_check_at=old)
+    orders.Order.create(product_id="p", package_id="k", user_identifier="u")
     samples = metric_samples(anonymous.get("/metrics").text)
     assert sample(samples, "litejobs_orders_past_deadline") == 1
     assert sample(samples, "litejobs_orders_pending") == 2

@@ -3,8 +3,8 @@
 Everything goes through real HTTP: the API of the test server, and the sandbox
 provider that the same server serves under /sandbox/. Faults (500s, slow
 answers) are injected into the sandbox with its own fault API. Steps are run
-either by a real consumer or one at a time with `jobs.dispatch`, `jobs.check`
-and `jobs.sweep`, passing `now` so the backoff schedule can be asserted exactly.
+either by a real consumer or one at a time with `orders.dispatch`, `orders.check`
+and `orders.sweep`, passing `now` so the backoff schedule can be asserted exactly.
 """
 
 import datetime
@@ -22,10 +22,13 @@ import pytest
 from conftest import RunningConsumer, assert_error, free_port, wait_until
 
 import jobs
+import orders
 import provider
 from huey.exceptions import RetryTask
 import settings
-from models import Job, Order, SandboxOrder, Worker, utcnow
+from models import Job, Worker, utcnow
+from orders import Order
+from provider import SandboxOrder
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = {"product_id": "pubg-uc", "package_id": "uc-660", "user_identifier": "player-42", "extra_field": "eu"}
@@ -134,16 +137,16 @@ def test_provider_500s_are_retried_then_the_order_completes(client, sandbox, con
 def test_check_delays_double_from_the_base_up_to_the_cap_less_a_little_jitter(monkeypatch):
     monkeypatch.setattr(settings, "ORDER_BACKOFF_BASE", 30.0)
     monkeypatch.setattr(settings, "ORDER_BACKOFF_MAX", 600.0)
-    exact = [jobs.check_delay(n, rand=lambda: 0.0) for n in range(1, 9)]
+    exact = [orders.check_delay(n, rand=lambda: 0.0) for n in range(1, 9)]
     assert exact == [30, 60, 120, 240, 480, 600, 600, 600]
-    shortest = [jobs.check_delay(n, rand=lambda: 1.0) for n in range(1, 9)]
+    shortest = [orders.check_delay(n, rand=lambda: 1.0) for n in range(1, 9)]
     assert shortest == pytest.approx([d * 0.9 for d in exact])
-    assert jobs.check_delay(10_000, rand=lambda: 0.0) == 600  # no overflow after many checks
+    assert orders.check_delay(10_000, rand=lambda: 0.0) == 600  # no overflow after many checks
 
 
 def test_default_schedule_is_the_one_of_the_system_it_replaces():
     # First check a minute after dispatch, then 30 s, 60 s, 120 s … capped at 10 minutes, 20 checks.
-    schedule = jobs.check_schedule()
+    schedule = orders.check_schedule()
     assert schedule[:6] == [60, 90, 150, 270, 510, 990]
     assert len(schedule) == 20
     assert schedule[-1] - schedule[-2] == 600
@@ -161,7 +164,7 @@ def test_errors_and_timeouts_are_retried_on_the_computed_schedule(client, sandbo
         monkeypatch.setattr(settings, name, value)
     order_id = place(client)["id"]
     start = utcnow()
-    jobs.dispatch(order_id, now=start)
+    orders.dispatch(order_id, now=start)
     order = reload(order_id)
     # The sandbox says the order is ready at once: its first check is not put off 60 s.
     assert order.status == "sent" and order.next_check_at == start
@@ -171,7 +174,7 @@ def test_errors_and_timeouts_are_retried_on_the_computed_schedule(client, sandbo
     errors = ["HTTP 500", "HTTP 500", "no answer within 0.3 s", "no answer within 0.3 s"]
     now = order.next_check_at
     for number, (error, base) in enumerate(zip(errors, [30, 60, 100, 100]), start=1):
-        result = jobs.check(order_id, now=now)
+        result = orders.check(order_id, now=now)
         order = reload(order_id)
         assert order.checks == number and order.status == "sent" and order.last_sync_at == now
         assert error in order.last_error and error in result["error"]
@@ -182,7 +185,7 @@ def test_errors_and_timeouts_are_retried_on_the_computed_schedule(client, sandbo
         assert datetime.timedelta(0) <= eta - order.next_check_at < datetime.timedelta(seconds=1)
         now = order.next_check_at
 
-    jobs.check(order_id, now=now)
+    orders.check(order_id, now=now)
     order = reload(order_id)
     assert order.status == "completed" and order.checks == 5 and order.last_error is None
     assert order.pin_code == SandboxOrder.get_by_id(order.provider_ref).pin_code
@@ -196,7 +199,7 @@ def test_first_check_after_the_delay_or_when_the_provider_expects_the_order_read
     monkeypatch.setattr(settings, "SANDBOX_COMPLETE_AFTER", ready_after)
     order_id = place(client)["id"]
     start = utcnow()
-    jobs.dispatch(order_id, now=start)
+    orders.dispatch(order_id, now=start)
     delay = (reload(order_id).next_check_at - start).total_seconds()
     assert first_check - 0.5 <= delay <= first_check
 
@@ -206,11 +209,11 @@ def test_a_check_before_its_time_or_run_twice_does_nothing(client, sandbox, monk
     monkeypatch.setattr(settings, "SANDBOX_COMPLETE_AFTER", 3600.0)
     order_id = place(client)["id"]
     start = utcnow()
-    jobs.dispatch(order_id, now=start)
-    assert "skipped" in jobs.check(order_id, now=start + datetime.timedelta(seconds=59))
+    orders.dispatch(order_id, now=start)
+    assert "skipped" in orders.check(order_id, now=start + datetime.timedelta(seconds=59))
     due = start + datetime.timedelta(seconds=60)
-    assert jobs.check(order_id, now=due)["checks"] == 1
-    assert "skipped" in jobs.check(order_id, now=due)  # the first run moved the next check on
+    assert orders.check(order_id, now=due)["checks"] == 1
+    assert "skipped" in orders.check(order_id, now=due)  # the first run moved the next check on
     assert reload(order_id).checks == 1 and len(check_jobs(order_id)) == 2
 
 
@@ -220,14 +223,14 @@ def test_check_limit_fails_the_order_with_the_reason(client, sandbox, monkeypatc
     monkeypatch.setattr(settings, "SANDBOX_COMPLETE_AFTER", 3600.0)
     order_id = place(client)["id"]
     now = utcnow()
-    jobs.dispatch(order_id, now=now)
+    orders.dispatch(order_id, now=now)
     for _ in range(3):
         now = reload(order_id).next_check_at
-        jobs.check(order_id, now=now)
+        orders.check(order_id, now=now)
     order = reload(order_id)
     assert order.status == "failed" and order.checks == 3
     assert order.error == "no final status after 3 checks (ORDER_MAX_CHECKS)"
-    assert jobs.check(order_id, now=now + datetime.timedelta(hours=1))["skipped"]  # final stays final
+    assert orders.check(order_id, now=now + datetime.timedelta(hours=1))["skipped"]  # final stays final
 
 
 def test_deadline_fails_the_order_and_the_last_check_falls_on_it(client, sandbox, monkeypatch):
@@ -236,12 +239,12 @@ def test_deadline_fails_the_order_and_the_last_check_falls_on_it(client, sandbox
     monkeypatch.setattr(settings, "ORDER_BACKOFF_MAX", 600.0)
     order_id = place(client)["id"]
     created = reload(order_id).created_at
-    jobs.dispatch(order_id, now=created)
+    orders.dispatch(order_id, now=created)
     deadline = created + datetime.timedelta(hours=24)
 
-    jobs.check(order_id, now=deadline - datetime.timedelta(seconds=10))
+    orders.check(order_id, now=deadline - datetime.timedelta(seconds=10))
     assert reload(order_id).next_check_at == deadline  # not 30 s later: the deadline comes first
-    jobs.check(order_id, now=deadline)
+    orders.check(order_id, now=deadline)
 
     order = reload(order_id)
     assert order.status == "failed" and order.checks == 2
@@ -251,7 +254,7 @@ def test_deadline_fails_the_order_and_the_last_check_falls_on_it(client, sandbox
 def test_sweep_fails_orders_past_the_deadline(client, sandbox):
     order_id = place(client)["id"]
     Order.update(created_at=utcnow() - datetime.timedelta(hours=25)).where(Order.id == order_id).execute()
-    result = jobs.sweep()
+    result = orders.sweep()
     order = client.get(f"/api/v1/orders/{order_id}").json
     assert result["failed"] == 1 and order["status"] == "failed"
     assert "within 24 h" in order["error"]
@@ -354,8 +357,8 @@ def test_unknown_sandbox_paths_answer_json_without_an_api_key(anonymous, sandbox
 # -- Never doubled -------------------------------------------------------------------
 def test_dispatch_run_twice_creates_one_provider_order(client, sandbox):
     order_id = place(client)["id"]
-    first = jobs.dispatch(order_id)
-    second = jobs.dispatch(order_id)
+    first = orders.dispatch(order_id)
+    second = orders.dispatch(order_id)
     assert first["provider_ref"] and "skipped" in second
     assert sandbox.orders() == 1 and len(check_jobs(order_id)) == 1
 
@@ -367,7 +370,7 @@ def test_dispatch_after_a_crash_gets_the_same_provider_order(client, sandbox):
     lost = provider.client().create_order(
         order.id, order.product_id, order.package_id, order.user_identifier, order.extra_field
     )
-    jobs.dispatch(order_id)
+    orders.dispatch(order_id)
     assert reload(order_id).provider_ref == lost["reference"]
     assert sandbox.orders() == 1
 
@@ -380,13 +383,13 @@ def test_dispatch_timeout_then_retry_creates_one_provider_order(client, sandbox,
     sandbox.fault("create", delay_ms=1500, times=1)  # the provider makes the order, the answer is late
     now = utcnow()
     with pytest.raises(RetryTask):
-        jobs.dispatch(order_id, now=now)
+        orders.dispatch(order_id, now=now)
     order = reload(order_id)
     assert order.status == "new" and order.dispatch_attempts == 1 and "no answer within" in order.last_error
     assert 27 <= (order.next_check_at - now).total_seconds() <= 30
     wait_until(lambda: sandbox.orders() == 1, message="the late order at the provider")
 
-    jobs.dispatch(order_id, now=order.next_check_at)
+    orders.dispatch(order_id, now=order.next_check_at)
     assert reload(order_id).status == "sent" and sandbox.orders() == 1
 
 
@@ -436,12 +439,12 @@ def test_sweep_respects_batch_size_and_due_time(sandbox, monkeypatch):
     due = pending_orders(5, due_seconds_ago=10)
     later = pending_orders(2, due_seconds_ago=-60)
 
-    first = jobs.sweep()
+    first = orders.sweep()
     assert first["queued"] == 3 and first["pending"] == 7
     # The most overdue first.
     assert [n for n, order_id in enumerate(due) if queued_for(due)[order_id]] == [2, 3, 4]
-    assert jobs.sweep()["queued"] == 2  # the rest; the first three have a queued job
-    assert jobs.sweep()["queued"] == 0
+    assert orders.sweep()["queued"] == 2  # the rest; the first three have a queued job
+    assert orders.sweep()["queued"] == 0
     assert set(queued_for(due).values()) == {1}
     assert set(queued_for(later).values()) == {0}
     assert all(reload(order_id).job_id == check_jobs(order_id)[0].id for order_id in due)
@@ -456,7 +459,7 @@ def test_sweep_queues_again_orders_whose_job_ended_and_undispatched_orders(sandb
     Order.update(job_id=failed_job.id).where(Order.id == lost_check).execute()
     Order.update(job_id=live_job.id).where(Order.id == running_check).execute()
 
-    assert jobs.sweep()["queued"] == 2
+    assert orders.sweep()["queued"] == 2
     counts = queued_for([lost_check, running_check, undispatched])
     assert counts == {lost_check: 2, running_check: 1, undispatched: 1}
     assert Job.get(Job.name == "dispatch_order").args_dict == {"order_id": undispatched}
@@ -469,7 +472,7 @@ def test_concurrent_sweeps_queue_each_order_once(sandbox):
 
     def sweep():
         barrier.wait()
-        results.append(jobs.sweep()["queued"])
+        results.append(orders.sweep()["queued"])
 
     threads = [threading.Thread(target=sweep) for _ in range(3)]
     for thread in threads:

@@ -18,27 +18,18 @@ from aiosmtpd.smtp import AuthResult
 
 from conftest import ROOT, assert_error, free_port, wait_until
 
+import analytics
 import demo
 import jobs
+import mailer
 import models
+import schedules
 import settings
 import web
-from models import (
-    ApiKey,
-    Comment,
-    DailyAnalytics,
-    Job,
-    Like,
-    MailSent,
-    Post,
-    ScheduleRun,
-    ScheduleState,
-    Share,
-    Token,
-    User,
-    UserStats,
-    utcnow,
-)
+from analytics import Comment, DailyAnalytics, Like, Post, Share, UserStats
+from mailer import MailSent
+from models import ApiKey, Job, Token, User, utcnow
+from schedules import ScheduleRun, ScheduleState
 
 HOUR = datetime.timedelta(hours=1)
 DAY = datetime.timedelta(days=1)
@@ -60,7 +51,7 @@ def at(text):
 
 
 def make_scheduler():
-    return jobs.Scheduler(jobs.huey, threading.Event(), 1, True)
+    return schedules.Scheduler(jobs.huey, threading.Event(), 1, True)
 
 
 def jobs_named(name):
@@ -107,7 +98,7 @@ def user(email, name="", **fields):
     ],
 )
 def test_next_run_reads_the_crontab_in_the_time_zone(zone, cron, after, expected):
-    schedule = jobs.Schedule("job", cron)
+    schedule = schedules.Schedule("job", cron)
     runs = schedule.runs(at(after), zoneinfo.ZoneInfo(zone))
     assert [next(runs) for _ in expected] == [at(t) for t in expected]
     assert schedule.next_run(at(after), zoneinfo.ZoneInfo(zone)) == at(expected[0])
@@ -115,18 +106,18 @@ def test_next_run_reads_the_crontab_in_the_time_zone(zone, cron, after, expected
 
 def test_bad_crontab_is_refused_with_its_name():
     with pytest.raises(ValueError, match="schedule nightly: bad crontab '0 25 \\* \\* \\*'"):
-        jobs.Schedule("nightly", "0 25 * * *")
+        schedules.Schedule("nightly", "0 25 * * *")
     with pytest.raises(ValueError, match="5 fields"):
-        jobs.Schedule("nightly", "0 2 * *")
+        schedules.Schedule("nightly", "0 2 * *")
 
 
 def test_next_run_follows_the_timezone_setting(client, monkeypatch):
     monkeypatch.setattr(settings, "TIMEZONE", "Asia/Kolkata")
-    schedules = {s["name"]: s for s in client.get("/api/v1/schedules").json["schedules"]}
-    expected = jobs.SCHEDULES["cleanup_expired_tokens"].next_run(utcnow(), zoneinfo.ZoneInfo("Asia/Kolkata"))
-    assert schedules["cleanup_expired_tokens"]["next_run"] == models.isoformat(expected)
+    listed = {s["name"]: s for s in client.get("/api/v1/schedules").json["schedules"]}
+    expected = schedules.SCHEDULES["cleanup_expired_tokens"].next_run(utcnow(), zoneinfo.ZoneInfo("Asia/Kolkata"))
+    assert listed["cleanup_expired_tokens"]["next_run"] == models.isoformat(expected)
     assert expected.minute == 30  # 02:00 in India is hh:30 in UTC
-    assert schedules["cleanup_expired_tokens"]["timezone"] == "Asia/Kolkata"
+    assert listed["cleanup_expired_tokens"]["timezone"] == "Asia/Kolkata"
 
 
 # -- Schedules over the API ------------------------------------------------------------
@@ -200,8 +191,8 @@ def test_scheduler_ticks_once_a_minute_and_coalesces_a_stall():
 def test_tick_in_the_time_zone_setting(monkeypatch):
     monkeypatch.setattr(settings, "TIMEZONE", "America/New_York")
     # Monday 09:00 in New York (EST) is 14:00 UTC; 09:00 UTC is nothing special there.
-    assert "send_weekly_digest" not in [j.name for j in jobs.tick(at("2026-11-23T09:00"))]
-    assert "send_weekly_digest" in [j.name for j in jobs.tick(at("2026-11-23T14:00"))]
+    assert "send_weekly_digest" not in [j.name for j in schedules.tick(at("2026-11-23T09:00"))]
+    assert "send_weekly_digest" in [j.name for j in schedules.tick(at("2026-11-23T14:00"))]
 
 
 def test_two_schedulers_on_the_same_tick_run_it_once():
@@ -234,23 +225,23 @@ def test_two_schedulers_share_one_postgresql_database(postgres_database):
 
 
 def test_tick_is_skipped_while_the_previous_job_is_unfinished():
-    first = jobs.tick(at("2026-11-23T11:00"))
+    first = schedules.tick(at("2026-11-23T11:00"))
     poll = next(j for j in first if j.name == "poll_pending_orders")
-    assert jobs.tick(at("2026-11-23T11:05")) == []  # the 11:00 poll is still queued
+    assert schedules.tick(at("2026-11-23T11:05")) == []  # the 11:00 poll is still queued
     skipped = ScheduleRun.get((ScheduleRun.schedule == "poll_pending_orders") & (ScheduleRun.slot == at("2026-11-23T11:05")))
     assert skipped.job_id is None and poll.id in skipped.note
     Job.mark_finished(poll.id, "succeeded")
-    assert [j.name for j in jobs.tick(at("2026-11-23T11:10"))] == ["poll_pending_orders"]
+    assert [j.name for j in schedules.tick(at("2026-11-23T11:10"))] == ["poll_pending_orders"]
 
 
 def test_paused_schedule_does_not_run_and_stays_paused_after_a_restart(client, fresh_storage):
     assert client.post("/api/v1/schedules/poll_pending_orders/pause").status == 200
-    assert "poll_pending_orders" not in [j.name for j in jobs.tick(at("2026-11-23T10:00"))]
+    assert "poll_pending_orders" not in [j.name for j in schedules.tick(at("2026-11-23T10:00"))]
     # A new process (a restarted consumer) on the same database: still paused, still no run.
     code = (
-        "import datetime, jobs, models; s = jobs.Scheduler(jobs.huey, None, 1, True); "
+        "import datetime, jobs, schedules; s = schedules.Scheduler(jobs.huey, None, 1, True); "
         "started = s.enqueue_periodic_tasks(datetime.datetime(2026, 11, 23, 10, 5)); "
-        "print(models.ScheduleState.get_by_id('poll_pending_orders').paused, [j.name for j in started])"
+        "print(schedules.ScheduleState.get_by_id('poll_pending_orders').paused, [j.name for j in started])"
     )
     env = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
     env.update(
@@ -266,7 +257,7 @@ def test_paused_schedule_does_not_run_and_stays_paused_after_a_restart(client, f
     listed = {s["name"]: s for s in client.get("/api/v1/schedules").json["schedules"]}
     assert listed["poll_pending_orders"]["paused"] is True
     client.post("/api/v1/schedules/poll_pending_orders/resume")
-    assert [j.name for j in jobs.tick(at("2026-11-23T10:10"))] == ["poll_pending_orders"]
+    assert [j.name for j in schedules.tick(at("2026-11-23T10:10"))] == ["poll_pending_orders"]
 
 
 # -- Housekeeping ------------------------------------------------------------------------
@@ -343,7 +334,7 @@ def known_data():
 def test_user_statistics_on_known_data(known_data):
     ann, bob, cat = known_data["users"]
     day1, day2 = known_data["day1"], known_data["day2"]
-    assert jobs.update_user_statistics.call_local() == {"users": 3}
+    assert analytics.update_user_statistics.call_local() == {"users": 3}
     stats = {s.user_id: s for s in UserStats.select()}
     assert (stats[ann.id].posts, stats[ann.id].likes_received, stats[ann.id].comments_received, stats[ann.id].shares_received) == (2, 3, 1, 1)
     assert (stats[bob.id].posts, stats[bob.id].likes_received) == (1, 1)
@@ -351,13 +342,13 @@ def test_user_statistics_on_known_data(known_data):
     assert stats[ann.id].last_active_at == day2 + HOUR  # her like of Bob's post
     assert stats[bob.id].last_active_at == day2 + 3 * HOUR  # his share
     assert stats[cat.id].last_active_at == day2 + 5 * HOUR  # her last login, later than her like
-    jobs.update_user_statistics.call_local()  # run twice: same numbers, no duplicate rows
+    analytics.update_user_statistics.call_local()  # run twice: same numbers, no duplicate rows
     assert UserStats.select().count() == 3 and UserStats.get_by_id(ann.id).likes_received == 3
 
 
 def test_content_analytics_on_known_data(known_data, client):
     day1, day2 = known_data["day1"].date(), known_data["day2"].date()
-    result = jobs.generate_content_analytics.call_local(days=7)
+    result = analytics.generate_content_analytics.call_local(days=7)
     assert result["days"] == 7 and result["posts"] == 3
     days = {row["date"]: row for row in client.get("/api/v1/analytics/daily?days=7").json["days"]}
     assert len(days) == 7 and list(days) == sorted(days)
@@ -370,14 +361,14 @@ def test_content_analytics_on_known_data(known_data, client):
     assert second["mean_engagement"] == 1.0
     empty = days[(day2 + DAY).isoformat()]
     assert (empty["posts"], empty["likes"], empty["active_users"], empty["mean_engagement"]) == (0, 0, 0, 0.0)
-    jobs.generate_content_analytics.call_local(days=7)
+    analytics.generate_content_analytics.call_local(days=7)
     assert DailyAnalytics.select().count() == 7  # recomputed in place
 
 
 def test_engagement_scores_decay_by_age(known_data, monkeypatch):
     p1, p2, p3 = known_data["posts"]
     monkeypatch.setattr(settings, "ENGAGEMENT_HALF_LIFE_DAYS", 1.0)
-    assert jobs.update_post_engagement_scores.call_local() == {"posts": 3, "changed": 3}
+    assert analytics.update_post_engagement_scores.call_local() == {"posts": 3, "changed": 3}
     scores = {p.id: p for p in Post.select()}
     assert [scores[p.id].engagement for p in (p1, p2, p3)] == [7, 1, 1]
     age = (utcnow() - known_data["day1"]).total_seconds() / 86400
@@ -389,20 +380,20 @@ def test_engagement_scores_decay_by_age(known_data, monkeypatch):
 def test_periodic_jobs_on_postgresql(postgres_database, outbox):
     data = make_known_data()
     ann = data["users"][0]
-    assert jobs.update_user_statistics.call_local() == {"users": 3}
+    assert analytics.update_user_statistics.call_local() == {"users": 3}
     assert UserStats.get_by_id(ann.id).likes_received == 3
-    jobs.generate_content_analytics.call_local(days=7)
+    analytics.generate_content_analytics.call_local(days=7)
     first = DailyAnalytics.get(DailyAnalytics.date == data["day1"].date())
     assert (first.posts, first.likes, first.active_users, first.mean_engagement) == (2, 1, 2, 4.0)
-    assert jobs.update_post_engagement_scores.call_local()["changed"] == 3
+    assert analytics.update_post_engagement_scores.call_local()["changed"] == 3
     assert Post.get_by_id(data["posts"][0].id).engagement == 7
-    jobs.update_trending_hashtags.call_local()
+    analytics.update_trending_hashtags.call_local()
     assert jobs.cleanup_expired_tokens.call_local()["deleted"] == 0
     assert jobs.prune_job_history.call_local()["deleted"] == 0
-    week = jobs.iso_week(utcnow().date())
-    assert jobs.send_weekly_digest.call_local(week=week)["queued"] == 3
+    week = analytics.iso_week(utcnow().date())
+    assert analytics.send_weekly_digest.call_local(week=week)["queued"] == 3
     assert drain() == 3 and len(list(outbox.glob("*.eml"))) == 3
-    assert jobs.send_weekly_digest.call_local(week=week)["queued"] == 0
+    assert analytics.send_weekly_digest.call_local(week=week)["queued"] == 0
 
 
 def test_trending_hashtags_count_the_last_24_hours(client):
@@ -418,7 +409,7 @@ def test_trending_hashtags_count_the_last_24_hours(client):
         ("no tags, a#b is no tag and neither is #1", HOUR),
     ]:
         Post.publish(ann.id, body, created_at=now - age)
-    result = jobs.update_trending_hashtags.call_local()
+    result = analytics.update_trending_hashtags.call_local()
     assert result == {"hashtags": 3, "top": {"tag": "jobs", "count": 2}}
     reply = client.get("/api/v1/analytics/trending").json
     assert reply["hashtags"] == [{"tag": "jobs", "count": 2}, {"tag": "python", "count": 2}, {"tag": "sqlite", "count": 1}]
@@ -597,11 +588,11 @@ def test_smtp_login_from_the_url(monkeypatch):
     options = {"authenticator": authenticator, "auth_require_tls": False, "auth_exclude_mechanism": ["LOGIN"]}
     inbox, controller = _start_smtp(monkeypatch, **options)
     try:
-        message = jobs.mailer.compose("ann@example.com", "welcome", user=user("ann@example.com"), login_url="/login")
-        jobs.mailer.deliver(message, f"smtp://robot%40example.com:s3cret%2Fx@127.0.0.1:{controller.port}")
+        message = mailer.compose("ann@example.com", "welcome", user=user("ann@example.com"), login_url="/login")
+        mailer.deliver(message, f"smtp://robot%40example.com:s3cret%2Fx@127.0.0.1:{controller.port}")
         assert logins == [(b"robot@example.com", b"s3cret/x")] and len(inbox.messages) == 1
-        with pytest.raises(jobs.mailer.PermanentMailError, match="535"):
-            jobs.mailer.deliver(message, f"smtp://robot:wrong@127.0.0.1:{controller.port}")
+        with pytest.raises(mailer.PermanentMailError, match="535"):
+            mailer.deliver(message, f"smtp://robot:wrong@127.0.0.1:{controller.port}")
     finally:
         controller.stop()
 
@@ -609,8 +600,8 @@ def test_smtp_login_from_the_url(monkeypatch):
 @pytest.fixture
 def digest_week(monkeypatch):
     """Three users and their posts in the 7 days a digest of this week covers."""
-    week = jobs.iso_week(utcnow().date())
-    starts_at, _ = jobs.week_bounds(week)
+    week = analytics.iso_week(utcnow().date())
+    starts_at, _ = analytics.week_bounds(week)
     ann, bob = user("ann@example.com", "Ann"), user("bob@example.com", "Bob")
     user("gone@example.com", "Gone", active=False)
     best = Post.publish(ann.id, "The best post of the week #python", created_at=starts_at + DAY)

@@ -15,7 +15,9 @@ import jobs
 import models
 import settings
 import webhooks
-from models import Job, Order, User, Webhook, WebhookDelivery
+from models import Job, User
+from orders import Order
+from webhooks import Webhook, WebhookDelivery
 
 
 class Receiver:
@@ -88,9 +90,9 @@ def fast_webhooks(monkeypatch):
     monkeypatch.setattr(settings, "WEBHOOK_ALLOW_PRIVATE", True)
     monkeypatch.setattr(settings, "WEBHOOK_RETRY_BASE", 0.2)
     monkeypatch.setattr(settings, "WEBHOOK_TIMEOUT", 2.0)
-    jobs.forget_subscriptions()
+    webhooks.forget_subscriptions()
     yield
-    jobs.forget_subscriptions()
+    webhooks.forget_subscriptions()
 
 
 def subscribe(client, url, events):
@@ -130,7 +132,7 @@ def test_create_list_show_delete(client):
     reply = client.delete(f"/api/v1/webhooks/{created['id']}")
     assert reply.status == 204 and reply.body == b""
     assert client.get("/api/v1/webhooks").json["webhooks"] == []
-    assert jobs.emit("job.failed", {"id": "x"}) == 0
+    assert webhooks.emit("job.failed", {"id": "x"}) == 0
     assert_error(client.delete(f"/api/v1/webhooks/{created['id']}"), 404, "not_found")
 
 
@@ -287,7 +289,7 @@ def test_gives_up_after_max_attempts_with_doubling_delays(client, receiver, monk
     monkeypatch.setattr(settings, "WEBHOOK_MAX_ATTEMPTS", 4)
     hook = receiver(default=500)
     webhook = subscribe(client, hook.url, ["usage.hourly"])
-    assert jobs.emit("usage.hourly", {"n": 1}) == 1
+    assert webhooks.emit("usage.hourly", {"n": 1}) == 1
 
     task = jobs.huey.dequeue()
     delays = []
@@ -329,7 +331,7 @@ def test_target_turned_private_is_refused_at_delivery(client, consumer, receiver
 def test_deleted_webhook_gets_no_pending_delivery(client, receiver):
     hook = receiver()
     webhook = subscribe(client, hook.url, ["usage.hourly"])
-    jobs.emit("usage.hourly", {"n": 1})
+    webhooks.emit("usage.hourly", {"n": 1})
     assert client.delete(f"/api/v1/webhooks/{webhook['id']}").status == 204
 
     jobs.huey.execute(jobs.huey.dequeue())
@@ -340,13 +342,13 @@ def test_deleted_webhook_gets_no_pending_delivery(client, receiver):
 
 def test_subscriptions_are_cached_briefly(monkeypatch):
     """A webhook made by another process is seen within SUBSCRIPTIONS_TTL; no query per event before that."""
-    monkeypatch.setattr(jobs, "SUBSCRIPTIONS_TTL", 0.3)
-    assert jobs.subscribers("job.failed") == []
+    monkeypatch.setattr(webhooks, "SUBSCRIPTIONS_TTL", 0.3)
+    assert webhooks.subscribers("job.failed") == []
     webhook = Webhook.subscribe("http://8.8.8.8/", ["job.failed"])
-    assert jobs.subscribers("job.failed") == []
+    assert webhooks.subscribers("job.failed") == []
     time.sleep(0.35)
-    assert jobs.subscribers("job.failed") == [webhook.id]
-    assert jobs.subscribers("job.succeeded") == []
+    assert webhooks.subscribers("job.failed") == [webhook.id]
+    assert webhooks.subscribers("job.succeeded") == []
 
 
 def test_order_events_are_delivered(client, consumer, receiver, server_url, monkeypatch):

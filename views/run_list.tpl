@@ -1,6 +1,6 @@
 % rebase('layout')
 <h1>Run a job function</h1>
-<p class="muted">Every public function in <code>jobs.py</code>. Pick one to fill in its arguments.</p>
+<p class="muted">Every public job function. Pick one to fill in its arguments.</p>
 <ul class="functions">
 % for f in functions:
   <li class="card">

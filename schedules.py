@@ -1,0 +1,345 @@
+"""litejobs schedules: periodic work, run from one table of crontabs.
+
+The `schedule(name, cron)` lines below say which function runs when
+(crontabs read in settings.TIMEZONE). Every consumer runs the Scheduler
+thread; each tick is claimed once in the database (ScheduleRun), so with
+several consumers a tick still runs once, and a pause (ScheduleState) holds
+for every consumer and survives restarts.
+"""
+
+import datetime
+import logging
+import zoneinfo
+
+from huey import consumer as huey_consumer
+from huey import crontab
+from peewee import BooleanField, CharField, DateTimeField, IntegrityError
+
+import jobs
+import settings
+from jobs import FUNCTIONS, Conflict, submit
+from models import BaseModel, Job, db, isoformat, utcnow
+
+logger = logging.getLogger("litejobs.schedules")
+
+
+# -- What the database keeps of each schedule ------------------------------------
+class ScheduleState(BaseModel):
+    """What the database remembers of a schedule (SCHEDULES): paused, last run, last job.
+
+    Kept here rather than in a consumer, so a pause holds for every consumer
+    and survives restarts.
+    """
+
+    name = CharField(primary_key=True)
+    paused = BooleanField(default=False)
+    last_run = DateTimeField(null=True)
+    last_job_id = CharField(null=True)
+    updated_at = DateTimeField(default=utcnow)
+
+    @classmethod
+    def by_name(cls):
+        return {row.name: row for row in cls.select()}
+
+    @classmethod
+    def _upsert(cls, name, **values):
+        values["updated_at"] = utcnow()
+        cls.insert(name=name, **values).on_conflict(conflict_target=[cls.name], update=values).execute()
+
+    @classmethod
+    def set_paused(cls, name, paused):
+        cls._upsert(name, paused=paused)
+
+    @classmethod
+    def record_run(cls, name, job_id, when):
+        cls._upsert(name, last_run=when, last_job_id=job_id)
+
+
+class ScheduleRun(BaseModel):
+    """The claim of one tick: (schedule, slot) is unique, so however many
+    consumers see a tick, one of them runs it."""
+
+    schedule = CharField()
+    slot = DateTimeField()  # the tick's minute, UTC
+    claimed_at = DateTimeField(default=utcnow)
+    consumer_id = CharField(null=True)
+    job_id = CharField(null=True)
+    note = CharField(null=True)  # why a claimed tick did not run
+
+    class Meta:
+        indexes = ((("schedule", "slot"), True),)
+
+    @classmethod
+    def claim(cls, schedule, slot, consumer_id):
+        """The new claim row, or None when another consumer claimed this tick first."""
+        try:
+            with db.atomic():  # a savepoint, so a clash leaves an outer transaction usable
+                return cls.create(schedule=schedule, slot=slot, consumer_id=consumer_id)
+        except IntegrityError:
+            return None
+
+    @classmethod
+    def prune(cls, before):
+        return cls.delete().where(cls.claimed_at < before).execute()
+
+
+# -- Schedules ----------------------------------------------------------------------
+# Periodic work runs from this table, not from huey's periodic_task: the state of
+# each schedule lives in the database (ScheduleState) so a pause holds for every
+# consumer and survives restarts, and each tick is claimed once cluster-wide
+# (ScheduleRun) however many consumers run the Scheduler.
+ONE_MINUTE = datetime.timedelta(minutes=1)
+
+
+class Schedule:
+    """A function name and when it runs: a crontab "minute hour day month day-of-week".
+
+    The crontab is read in settings.TIMEZONE with huey's crontab() rules (day
+    of week 0 = Sunday; day and day of week must both match). Across a DST
+    change, a schedule whose hour field is `*` follows real time (every 5
+    minutes stays every 5 minutes); one at fixed hours follows the wall
+    clock: a skipped wall time runs when the clock jumps past it, a repeated
+    one runs the first time only.
+    """
+
+    def __init__(self, name, cron):
+        fields = cron.split()
+        if len(fields) != 5:
+            raise ValueError(f"schedule {name}: {cron!r} is not a crontab of 5 fields (minute hour day month day-of-week)")
+        minute, hour, day, month, day_of_week = fields
+        try:
+            self.on_date = crontab(day=day, month=month, day_of_week=day_of_week, strict=True)
+            on_minute, on_hour = crontab(minute=minute, strict=True), crontab(hour=hour, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"schedule {name}: bad crontab {cron!r}: {exc}") from None
+        base = datetime.datetime(2000, 1, 1)
+        self.minutes = [m for m in range(60) if on_minute(base.replace(minute=m))]
+        self.hours = [h for h in range(24) if on_hour(base.replace(hour=h))]
+        self.name, self.cron = name, cron
+        self.hourly = len(self.hours) == 24
+
+    def runs(self, after, tz=None):
+        """Run times strictly after `after` (naive UTC), ascending, as naive UTC; up to 5 years ahead."""
+        tz = tz or zone()
+        local_after = _to_local(after, tz)
+        # No DST change moves a wall time by more than 2 hours, so earlier wall times cannot be after `after`.
+        floor = local_after - datetime.timedelta(hours=3)
+        day = local_after.date() - datetime.timedelta(days=1)
+        for _ in range(5 * 366 + 2):
+            if self.on_date(datetime.datetime.combine(day, datetime.time())):
+                times = set()
+                for hour in self.hours:
+                    for minute in self.minutes:
+                        wall = datetime.datetime.combine(day, datetime.time(hour, minute))
+                        if wall >= floor:
+                            times.update(t for t in self._instants(wall, tz) if t > after)
+                yield from sorted(times)
+            day += datetime.timedelta(days=1)
+
+    def _instants(self, wall, tz):
+        """The UTC times at which local wall time `wall` runs (none, one or two)."""
+        if tz is datetime.timezone.utc or getattr(tz, "key", None) == "UTC":
+            return (wall,)
+        first, second = _to_utc(wall, tz, fold=0), _to_utc(wall, tz, fold=1)
+        if _to_local(first, tz) != wall:
+            # The clock jumps over this wall time (spring forward).
+            if self.hourly:
+                return ()
+            jump = min(first, second)
+            while _to_local(jump, tz) < wall:
+                jump += ONE_MINUTE
+            return (jump,)
+        if second != first and self.hourly:
+            return (first, second)  # the clock goes back: this wall time happens twice
+        return (first,)
+
+    def next_run(self, after, tz=None):
+        """The first run time strictly after `after` (naive UTC), or None."""
+        return next(self.runs(after, tz), None)
+
+    def last_due(self, after, now, tz=None):
+        """The latest run time in (after, now], or None: missed ticks of a stalled scheduler run once."""
+        due = None
+        for when in self.runs(after, tz):
+            if when > now:
+                break
+            due = when
+        return due
+
+
+SCHEDULES = {}
+
+
+def schedule(name, cron):
+    """Run function `name` on crontab `cron`; the function is looked up when a tick comes."""
+    SCHEDULES[name] = Schedule(name, cron)
+
+
+schedule("poll_pending_orders", "*/5 * * * *")
+schedule("cleanup_expired_tokens", "0 2 * * *")
+schedule("update_user_statistics", "0 3 * * *")
+schedule("update_trending_hashtags", "0 * * * *")
+schedule("generate_content_analytics", "0 4 * * *")
+schedule("update_post_engagement_scores", "0 5 * * *")
+schedule("send_weekly_digest", "0 9 * * 1")
+schedule("reset_daily_quotas", "0 0 * * *")
+schedule("prune_job_history", "0 1 * * *")
+schedule("send_usage_statistics", "0 * * * *")
+# Issue 10's cleanups: listed once their tasks exist.
+schedule("cleanup_old_posts", "0 1 * * 0")
+schedule("cleanup_old_cache", "0 */6 * * *")
+
+
+def zone():
+    """settings.TIMEZONE as a tzinfo."""
+    return zoneinfo.ZoneInfo(settings.TIMEZONE)
+
+
+def _to_local(utc, tz):
+    """Naive UTC -> naive wall time in `tz`."""
+    return utc.replace(tzinfo=datetime.timezone.utc).astimezone(tz).replace(tzinfo=None)
+
+
+def _to_utc(wall, tz, fold=0):
+    return wall.replace(tzinfo=tz, fold=fold).astimezone(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _minute(when):
+    return when.replace(second=0, microsecond=0)
+
+
+def active_schedules():
+    """The schedules whose function exists, in table order."""
+    return [s for s in SCHEDULES.values() if s.name in FUNCTIONS]
+
+
+def get_schedule(name):
+    """The schedule called `name`; KeyError when there is none (or its function is missing)."""
+    if name not in SCHEDULES or name not in FUNCTIONS:
+        raise KeyError(name)
+    return SCHEDULES[name]
+
+
+def _in_flight(state):
+    """The schedule's last job when it has not finished yet, else None."""
+    if state is None or state.last_job_id is None:
+        return None
+    job = Job.get_or_none(Job.id == state.last_job_id)
+    return job if job is not None and not job.is_terminal else None
+
+
+def tick(now=None, after=None, tz=None):
+    """Start every schedule due in (after, now], once cluster-wide; returns the jobs started.
+
+    `after` defaults to a minute before `now`. A paused schedule is skipped; a
+    tick whose previous job has not finished is skipped too (never overlaps).
+    """
+    now = _minute(now or utcnow())
+    after = max(after or now - ONE_MINUTE, now - datetime.timedelta(days=1))
+    states = ScheduleState.by_name()
+    started = []
+    for item in active_schedules():
+        try:
+            slot = item.last_due(after, now, tz)
+            if slot is None:
+                continue
+            state = states.get(item.name)
+            if state is not None and state.paused:
+                logger.info("schedule %s: paused; tick %s skipped", item.name, isoformat(slot))
+                continue
+            claim = ScheduleRun.claim(item.name, slot, jobs.CONSUMER_ID)
+            if claim is None:
+                continue  # another consumer has this tick
+            running = _in_flight(state)
+            if running is not None:
+                claim.note = f"skipped: job {running.id} is still {running.status}"
+                claim.save()
+                logger.warning("schedule %s: tick %s %s", item.name, isoformat(slot), claim.note)
+                continue
+            job, _ = submit(item.name, {})
+            claim.job_id = job.id
+            claim.save()
+            ScheduleState.record_run(item.name, job.id, utcnow())
+            logger.info("schedule %s: tick %s started job %s", item.name, isoformat(slot), job.id)
+            started.append(job)
+        except Exception:
+            # One schedule's failure (database busy, queue down) must not stop the others,
+            # nor kill the scheduler thread: the next tick tries again.
+            logger.exception("schedule %s: tick at %s failed", item.name, isoformat(now))
+    return started
+
+
+def run_schedule(name):
+    """Start schedule `name` now (paused or not); Conflict while its last job is unfinished."""
+    get_schedule(name)
+    running = _in_flight(ScheduleState.get_or_none(ScheduleState.name == name))
+    if running is not None:
+        raise Conflict(f"schedule {name}: job {running.id} is still {running.status}; a schedule never overlaps itself")
+    job, _ = submit(name, {})
+    ScheduleState.record_run(name, job.id, utcnow())
+    return job
+
+
+def pause_schedule(name, paused=True):
+    """Pause (or resume) schedule `name` for every consumer; returns its dict."""
+    get_schedule(name)
+    ScheduleState.set_paused(name, paused)
+    return schedule_dict(name)
+
+
+def schedule_dicts(now=None):
+    """Every active schedule as the API shows it."""
+    now = now or utcnow()
+    states = ScheduleState.by_name()
+    job_ids = [s.last_job_id for s in states.values() if s.last_job_id]
+    statuses = dict(Job.select(Job.id, Job.status).where(Job.id.in_(job_ids)).tuples()) if job_ids else {}
+    result = []
+    for item in active_schedules():
+        state = states.get(item.name)
+        paused = bool(state and state.paused)
+        last_job_id = state.last_job_id if state else None
+        result.append(
+            {
+                "name": item.name,
+                "cron": item.cron,
+                "timezone": settings.TIMEZONE,
+                "queue": FUNCTIONS[item.name].queue,
+                "paused": paused,
+                "next_run": None if paused else isoformat(item.next_run(now)),
+                "last_run": isoformat(state.last_run) if state else None,
+                "last_status": statuses.get(last_job_id),
+                "last_job_id": last_job_id,
+            }
+        )
+    return result
+
+
+def schedule_dict(name):
+    return next(s for s in schedule_dicts() if s["name"] == name)
+
+
+class Scheduler(huey_consumer.Scheduler):
+    """huey's scheduler thread, ticking SCHEDULES instead of huey's periodic tasks.
+
+    huey checks periodic tasks every 60 s counted from the consumer's start,
+    so a 02:00 tick could start at 02:00:59 or, with a late wake-up, not at
+    all. This one looks every second and ticks once per new minute, covering
+    every minute since its last tick.
+    """
+
+    periodic_task_seconds = 1
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.last_minute = None
+
+    def enqueue_periodic_tasks(self, now=None):
+        minute = _minute(now or utcnow())
+        if self.last_minute is None:
+            # The first look includes the current minute: a consumer restarted at
+            # 02:00:30 still runs the 02:00 tick, unless another one did.
+            self.last_minute = minute - ONE_MINUTE
+        if minute <= self.last_minute:
+            return []
+        after, self.last_minute = self.last_minute, minute
+        return tick(minute, after)
