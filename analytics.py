@@ -32,7 +32,7 @@ import mailer
 import media
 import schedules
 import settings
-from jobs import CLEANUP_BATCH, MAIL_RETRY, PERIODIC_RETRY, _fail_now, progress, submit_many, task
+from jobs import CLEANUP_BATCH, MAIL_RETRY, PERIODIC_RETRY, fail_now, progress, submit_many, task
 from models import TERMINAL, BaseModel, Job, User, db, isoformat, utcnow
 
 
@@ -612,8 +612,8 @@ def week_bounds(week, tz=None):
     except (TypeError, ValueError):
         raise ValueError(f"week: expected an ISO week such as 2026-W48, got {week!r}") from None
     tz = tz or schedules.zone()
-    ends_at = schedules._to_utc(datetime.datetime.combine(monday, datetime.time()), tz)
-    starts_at = schedules._to_utc(datetime.datetime.combine(monday - datetime.timedelta(days=7), datetime.time()), tz)
+    ends_at = schedules.to_utc(datetime.datetime.combine(monday, datetime.time()), tz)
+    starts_at = schedules.to_utc(datetime.datetime.combine(monday - datetime.timedelta(days=7), datetime.time()), tz)
     return starts_at, ends_at
 
 
@@ -624,11 +624,11 @@ def send_weekly_digest(week: str | None = None):
     Running it again queues nobody twice: users who have the week's digest, or
     an unfinished job for it, are left out.
     """
-    week = week or iso_week(schedules._to_local(utcnow(), schedules.zone()).date())
+    week = week or iso_week(schedules.to_local(utcnow(), schedules.zone()).date())
     try:
         starts_at, ends_at = week_bounds(week)
     except ValueError as exc:
-        _fail_now(str(exc))
+        fail_now(str(exc))
     DigestWeek.fetch(week, starts_at, ends_at)  # the top posts, once for every user's mail
     pending = DigestWeek.users_with_unfinished_job(week)
     user_ids = [u for (u,) in mailer.MailSent.users_without("digest", week).tuples() if u not in pending]
@@ -648,7 +648,7 @@ def send_digest(user_id: int, week: str):
     try:
         starts_at, ends_at = week_bounds(week)
     except ValueError as exc:
-        _fail_now(str(exc))
+        fail_now(str(exc))
     digest = DigestWeek.fetch(week, starts_at, ends_at)
     sent = mailer.send_mail_once(
         user,
@@ -657,8 +657,8 @@ def send_digest(user_id: int, week: str):
         "digest",
         message_id=mailer.message_id(f"digest.{week}.{user.id}"),
         week=week,
-        first_day=schedules._to_local(digest.starts_at, schedules.zone()).date(),
-        last_day=schedules._to_local(digest.ends_at, schedules.zone()).date() - datetime.timedelta(days=1),
+        first_day=schedules.to_local(digest.starts_at, schedules.zone()).date(),
+        last_day=schedules.to_local(digest.ends_at, schedules.zone()).date() - datetime.timedelta(days=1),
         posts=digest.posts,
         numbers=Post.numbers_of(user.id, digest.starts_at, digest.ends_at),
     )

@@ -21,7 +21,7 @@ import limits
 import mailer
 import media
 import settings
-from jobs import CLEANUP_BATCH, MAIL_RETRY, PERIODIC_RETRY, _fail_now, enqueue, huey, submit, task
+from jobs import CLEANUP_BATCH, MAIL_RETRY, PERIODIC_RETRY, enqueue, fail_now, huey, submit, task
 from models import BaseModel, Job, User, db, isoformat, utcnow
 
 logger = logging.getLogger("litejobs.courses")
@@ -258,7 +258,7 @@ def process_media_upload(media_id: int):
         item.original_path.unlink(missing_ok=True)  # with its EXIF and GPS: only the renditions stay
         item = analytics.Media.get_by_id(item.id)
     if item.status == "rejected":
-        _fail_now(f"media {media_id} rejected: {item.error}")
+        fail_now(f"media {media_id} rejected: {item.error}")
     return {"media_id": str(item.id), "status": item.status, "width": item.width, "height": item.height}
 
 
@@ -293,7 +293,7 @@ def generate_certificate(enrollment_id: int):
     if enrollment is None:
         return None
     if enrollment.progress < 100:
-        _fail_now(f"enrollment {enrollment_id} is at {enrollment.progress}%; a certificate needs 100%")
+        fail_now(f"enrollment {enrollment_id} is at {enrollment.progress}%; a certificate needs 100%")
     certificate, created = Certificate.get_or_none(Certificate.enrollment == enrollment.id), False
     if certificate is None:
         # The PDF first, then the row: a certificate that can be seen can be downloaded.
@@ -327,7 +327,7 @@ def _render_certificate(certificate):
             certificate.code,
         )
     except media.CertificateError as exc:
-        _fail_now(str(exc))
+        fail_now(str(exc))
 
 
 @task(queue="emails", **MAIL_RETRY)

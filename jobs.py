@@ -442,7 +442,7 @@ def progress(done, total=None, message=None):
     _current.task.check_timeout()
 
 
-def _fail_now(message):
+def fail_now(message):
     """Fail the running job with `message` and no retries: its input is wrong, not the moment."""
     running = getattr(_current, "task", None)
     if running is not None:
@@ -565,8 +565,6 @@ def _requeue_interrupted(signal_name, message):
     Job.update(status="queued", worker=None, consumer_id=None, error="interrupted by a consumer stop").where(
         (Job.id == message.id) & (Job.status == "running")
     ).execute()
-    if _limits_of(message):
-        Slot.release(message.id)
     message.recorded = True
     huey.enqueue(message)
 
@@ -582,8 +580,12 @@ def reap(now=None):
     conditional update, and only the one that changed the row enqueues it.
     """
     alive = [w.id for w in Worker.alive(now)]
-    orphans = Job.select().where(
-        (Job.status == "running") & Job.consumer_id.is_null(False) & Job.consumer_id.not_in(alive or [""])
+    # Read in full before writing: an UPDATE on a connection still stepping through
+    # a SELECT fails at once ("database is locked") when another writer got in between.
+    orphans = list(
+        Job.select().where(
+            (Job.status == "running") & Job.consumer_id.is_null(False) & Job.consumer_id.not_in(alive or [""])
+        )
     )
     recovered = 0
     for job in orphans:
@@ -803,7 +805,7 @@ def send_welcome_email(user_id: int):
     """Send the welcome mail to a new user (once, however often it runs)."""
     user = User.get_or_none(User.id == user_id)
     if user is None:
-        _fail_now(f"no user with id {user_id}")
+        fail_now(f"no user with id {user_id}")
     sent = mailer.send_mail_once(user, "welcome", "", "welcome", login_url=f"{settings.BASE_URL}/login")
     return {"user_id": str(user.id), "sent": sent}
 

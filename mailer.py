@@ -28,7 +28,7 @@ from bottle import SimpleTemplate
 from peewee import CharField, DateTimeField, ForeignKeyField, IntegrityError
 
 import settings
-from jobs import _fail_now, current_job_id
+from jobs import current_job_id, fail_now
 from models import BaseModel, User, db, utcnow
 
 logger = logging.getLogger("litejobs.mailer")
@@ -235,7 +235,7 @@ def send_mail_once(user, kind, key, template, message_id=None, **context):
         send(user.email, template, message_id=message_id, user=user, **context)
     except PermanentMailError as exc:
         MailSent.release(user.id, kind, key, job_id)
-        _fail_now(f"mail to {user.email} refused: {exc}")
+        fail_now(f"mail to {user.email} refused: {exc}")
     except Exception:
         # Not sent: a retry may send it. (A stop that interrupts the send keeps the
         # claim: whether the mail left is unknown, and a duplicate is worse.)

@@ -575,18 +575,9 @@ PATHS = {
         "parameters": [path_param("id", "the post's id")],
         "get": operation(
             "getPost",
-            "One post with its counts and its media",
+            "One post with its hashtags, counts and media",
             "media",
             responses({"200": ("the post, with `media`: its uploads as Media objects", ref("Post"))}, "404"),
-        ),
-    },
-    "/api/v1/posts/{id}": {
-        "parameters": [path_param("id", "the post's id")],
-        "get": operation(
-            "getPost",
-            "One post with its hashtags and interactions",
-            "users",
-            responses({"200": ("the post", ref("Post"))}, "404"),
         ),
     },
     "/api/v1/posts/{id}/media": {

@@ -121,7 +121,7 @@ class Schedule:
     def runs(self, after, tz=None):
         """Run times strictly after `after` (naive UTC), ascending, as naive UTC; up to 5 years ahead."""
         tz = tz or zone()
-        local_after = _to_local(after, tz)
+        local_after = to_local(after, tz)
         # No DST change moves a wall time by more than 2 hours, so earlier wall times cannot be after `after`.
         floor = local_after - datetime.timedelta(hours=3)
         day = local_after.date() - datetime.timedelta(days=1)
@@ -140,13 +140,13 @@ class Schedule:
         """The UTC times at which local wall time `wall` runs (none, one or two)."""
         if tz is datetime.timezone.utc or getattr(tz, "key", None) == "UTC":
             return (wall,)
-        first, second = _to_utc(wall, tz, fold=0), _to_utc(wall, tz, fold=1)
-        if _to_local(first, tz) != wall:
+        first, second = to_utc(wall, tz, fold=0), to_utc(wall, tz, fold=1)
+        if to_local(first, tz) != wall:
             # The clock jumps over this wall time (spring forward).
             if self.hourly:
                 return ()
             jump = min(first, second)
-            while _to_local(jump, tz) < wall:
+            while to_local(jump, tz) < wall:
                 jump += ONE_MINUTE
             return (jump,)
         if second != first and self.hourly:
@@ -195,12 +195,12 @@ def zone():
     return zoneinfo.ZoneInfo(settings.TIMEZONE)
 
 
-def _to_local(utc, tz):
+def to_local(utc, tz):
     """Naive UTC -> naive wall time in `tz`."""
     return utc.replace(tzinfo=datetime.timezone.utc).astimezone(tz).replace(tzinfo=None)
 
 
-def _to_utc(wall, tz, fold=0):
+def to_utc(wall, tz, fold=0):
     return wall.replace(tzinfo=tz, fold=fold).astimezone(datetime.timezone.utc).replace(tzinfo=None)
 
 

@@ -301,7 +301,7 @@ class WebhookDelivery(BaseModel):
     def create_for(cls, webhook_ids, event_id, event, payload):
         """A pending delivery to each live webhook of `webhook_ids` that has none for `event_id` yet."""
         created = []
-        for webhook in Webhook.live().where(Webhook.id.in_(webhook_ids)):
+        for webhook in list(Webhook.live().where(Webhook.id.in_(webhook_ids))):  # read in full before writing
             try:
                 with db.atomic():  # a savepoint, so a repeat leaves an outer transaction usable
                     created.append(cls.create(webhook=webhook, event_id=event_id, event=event, payload=payload))

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -487,6 +488,22 @@ def test_sweep_jobs_never_overlap_and_check_each_order_once(client, sandbox, mon
     monkeypatch.setattr(settings, "SANDBOX_COMPLETE_AFTER", 0.0)
     monkeypatch.setattr(settings, "ORDER_FIRST_CHECK_DELAY", 3600.0)  # only the sweep checks them
     ids = [place(client, user_identifier=f"player-{n}")["id"] for n in range(15)]
+    real_sweep, lock, sweeping = orders.sweep, threading.Lock(), {"now": 0, "peak": 0}
+
+    def counted_sweep():
+        # Counted around the real sweep: the job history's timestamps are taken
+        # before each write waits for the database lock, so they may overlap by a few ms.
+        with lock:
+            sweeping["now"] += 1
+            sweeping["peak"] = max(sweeping["peak"], sweeping["now"])
+        try:
+            time.sleep(0.05)
+            return real_sweep()
+        finally:
+            with lock:
+                sweeping["now"] -= 1
+
+    monkeypatch.setattr(orders, "sweep", counted_sweep)
     running = RunningConsumer(workers=4)
     try:
 
@@ -496,7 +513,7 @@ def test_sweep_jobs_never_overlap_and_check_each_order_once(client, sandbox, mon
 
         wait_until(first_checks_queued, message="15 orders sent, their first check queued")
         # Those checks, an hour away, are lost: the sweep has to find the orders.
-        for order in Order.select():
+        for order in list(Order.select()):  # read in full before writing
             first_check = Job.get_by_id(order.job_id)
             if not first_check.is_terminal:  # the sandbox may have called it ready at once
                 jobs.cancel(first_check)
@@ -507,8 +524,7 @@ def test_sweep_jobs_never_overlap_and_check_each_order_once(client, sandbox, mon
     finally:
         running.stop()
     assert all(reload(order_id).checks == 1 for order_id in ids)
-    spans = sorted((Job.get_by_id(j).started_at, Job.get_by_id(j).finished_at) for j in sweeps)
-    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
+    assert sweeping["peak"] == 1 and all(Job.get_by_id(j).status == "succeeded" for j in sweeps)
 
 
 # -- The API -------------------------------------------------------------------------

@@ -139,6 +139,16 @@ def test_place_of_a_dead_consumer_is_freed_by_the_reaper():
     assert [Job.get_by_id(i).status for i in [job.id, *lost]] == ["succeeded"] * 3
 
 
+def test_limited_job_cut_short_by_a_stop_runs_again():
+    job = jobs.enqueue("full_sync", n=1, seconds=0)
+    message = jobs.huey.dequeue()
+    assert Job.mark_running(job.id, "w", None, limits=jobs.FUNCTIONS["full_sync"].limits)
+    jobs._requeue_interrupted("interrupted", message)  # what a consumer stop does with a running job
+    assert Job.get_by_id(job.id).status == "queued"
+    jobs.huey.execute(jobs.huey.dequeue())
+    assert Job.get_by_id(job.id).status == "succeeded"
+
+
 def test_database_with_the_old_slot_table_is_migrated():
     db.execute_sql('CREATE TABLE "slot" ("key" VARCHAR(255), "number" INTEGER)')
     SchemaVersion.delete().execute()
