@@ -307,6 +307,7 @@ class Job(BaseModel):
             (("enqueued_at", "id"), False),
             (("name", "status", "enqueued_at"), False),
             (("status", "enqueued_at"), False),
+            (("status", "finished_at"), False),
             (("api_key_id", "name", "idempotency_key"), True),
         )
 
@@ -385,8 +386,20 @@ class Job(BaseModel):
         )
 
     @classmethod
-    def counts_by_status(cls):
-        query = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).group_by(cls.status)
+    def counts_by_status(cls, finished_since=None):
+        """{status: jobs}; with `finished_since`, finished jobs count only from then on.
+
+        That form reads two index ranges — the unfinished jobs and the recently
+        finished ones — instead of the whole history.
+        """
+        if finished_since is None:
+            query = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).group_by(cls.status)
+        else:
+            unfinished = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).where(cls.status.in_(WAITING + ("running",)))
+            finished = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).where(
+                cls.status.in_(TERMINAL) & (cls.finished_at >= finished_since)
+            )
+            query = unfinished.group_by(cls.status) | finished.group_by(cls.status)
         return {row.status: row.n for row in query}
 
     @classmethod
@@ -402,7 +415,7 @@ class Job(BaseModel):
         failed = fn.SUM(Case(None, [(cls.status == "failed", 1)], 0)).alias("failed")
         query = (
             cls.select(bucket, fn.COUNT(cls.id).alias("n"), failed)
-            .where(cls.finished_at >= since)
+            .where(cls.status.in_(TERMINAL) & (cls.finished_at >= since))  # on the (status, finished_at) index
             .group_by(SQL("bucket"))
         )
         return {int(row.bucket): (row.n, int(row.failed or 0)) for row in query.namedtuples()}
