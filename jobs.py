@@ -37,7 +37,7 @@ import media
 import provider
 import settings
 import webhooks
-from models import TERMINAL, WAITING, Job, Worker, create_tables, utcnow
+from models import TERMINAL, WAITING, Job, Worker, close_all_connections, create_tables, utcnow
 from models import Webhook, WebhookDelivery, db, isoformat, parse_time, usage_counts
 from models import Certificate, Enrollment, Media, delete_quiet_posts
 from models import Order
@@ -977,6 +977,8 @@ class Consumer(huey_consumer.Consumer):
             self.max_delay = max(self.max_delay, WATCHED_POLL_DELAY)
             for worker, _ in self.worker_threads:
                 worker.max_delay = self.max_delay
+        if self.worker_type == "process":
+            close_all_connections()  # each forked worker opens its own
         super().start()
         if watch:
             threading.Thread(

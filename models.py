@@ -35,7 +35,7 @@ from peewee import (
     fn,
 )
 from playhouse.db_url import connect as connect_url
-from playhouse.pool import PooledSqliteDatabase
+from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 from playhouse.migrate import SchemaMigrator, migrate
 
 import settings
@@ -2051,6 +2051,19 @@ def create_tables():
 def check_database():
     """Raise OperationalError when the database cannot answer a trivial query."""
     db.execute_sql("SELECT 1")
+
+
+def close_all_connections():
+    """Close every database connection of this process, pooled ones too.
+
+    Called before forking worker processes: SQLite forbids using a connection
+    opened before a fork in the child, and a pooled PostgreSQL socket shared by
+    two processes mixes their replies.
+    """
+    if isinstance(db.obj, PooledDatabase):
+        db.obj.close_all()
+    else:
+        db.close()
 
 
 db.initialize(open_database(settings.DATABASE_URL))
