@@ -340,7 +340,7 @@ CHART_BUCKET = 600  # seconds: 144 bars over 24 h
 @page("/")
 def overview():
     """Counts by status, the last 24 h as a chart, queues, workers and recent failures."""
-    counts = Job.counts_by_status()
+    counts = Job.counts_by_status(finished_since=utcnow() - datetime.timedelta(hours=CHART_HOURS))
     queues = jobs.queues()
     return render(
         "overview",

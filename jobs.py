@@ -28,7 +28,7 @@ from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
 import settings
-from models import TERMINAL, WAITING, Job, Worker, create_tables, utcnow
+from models import TERMINAL, WAITING, Job, Worker, close_all_connections, create_tables, utcnow
 from models import ApiKey, Token, User, bulk_insert, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
@@ -740,6 +740,8 @@ class Consumer(huey_consumer.Consumer):
             self.max_delay = max(self.max_delay, WATCHED_POLL_DELAY)
             for worker, _ in self.worker_threads:
                 worker.max_delay = self.max_delay
+        if self.worker_type == "process":
+            close_all_connections()  # each forked worker opens its own
         super().start()
         if watch:
             threading.Thread(

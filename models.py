@@ -37,7 +37,7 @@ from peewee import (
     fn,
 )
 from playhouse.db_url import connect as connect_url
-from playhouse.pool import PooledSqliteDatabase
+from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 from playhouse.migrate import SchemaMigrator, migrate
 
 import settings
@@ -318,6 +318,7 @@ class Job(BaseModel):
             (("enqueued_at", "id"), False),
             (("name", "status", "enqueued_at"), False),
             (("status", "enqueued_at"), False),
+            (("status", "finished_at"), False),
             (("api_key_id", "name", "idempotency_key"), True),
         )
 
@@ -396,8 +397,20 @@ class Job(BaseModel):
         )
 
     @classmethod
-    def counts_by_status(cls):
-        query = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).group_by(cls.status)
+    def counts_by_status(cls, finished_since=None):
+        """{status: jobs}; with `finished_since`, finished jobs count only from then on.
+
+        That form reads two index ranges — the unfinished jobs and the recently
+        finished ones — instead of the whole history.
+        """
+        if finished_since is None:
+            query = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).group_by(cls.status)
+        else:
+            unfinished = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).where(cls.status.in_(WAITING + ("running",)))
+            finished = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).where(
+                cls.status.in_(TERMINAL) & (cls.finished_at >= finished_since)
+            )
+            query = unfinished.group_by(cls.status) | finished.group_by(cls.status)
         return {row.status: row.n for row in query}
 
     @classmethod
@@ -413,7 +426,7 @@ class Job(BaseModel):
         failed = fn.SUM(Case(None, [(cls.status == "failed", 1)], 0)).alias("failed")
         query = (
             cls.select(bucket, fn.COUNT(cls.id).alias("n"), failed)
-            .where(cls.finished_at >= since)
+            .where(cls.status.in_(TERMINAL) & (cls.finished_at >= since))  # on the (status, finished_at) index
             .group_by(SQL("bucket"))
         )
         return {int(row.bucket): (row.n, int(row.failed or 0)) for row in query.namedtuples()}
@@ -740,6 +753,19 @@ def create_tables():
 def check_database():
     """Raise OperationalError when the database cannot answer a trivial query."""
     db.execute_sql("SELECT 1")
+
+
+def close_all_connections():
+    """Close every database connection of this process, pooled ones too.
+
+    Called before forking worker processes: SQLite forbids using a connection
+    opened before a fork in the child, and a pooled PostgreSQL socket shared by
+    two processes mixes their replies.
+    """
+    if isinstance(db.obj, PooledDatabase):
+        db.obj.close_all()
+    else:
+        db.close()
 
 
 db.initialize(open_database(settings.DATABASE_URL))

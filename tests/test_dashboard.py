@@ -1,5 +1,6 @@
 """The HTML dashboard over real HTTP: login, sessions, CSRF, every page and form."""
 
+import datetime
 import http.client
 import re
 from http.cookies import SimpleCookie
@@ -303,6 +304,19 @@ def test_overview_shows_counts_chart_and_failures(logged_in, consumer):
     assert f'href="/jobs/{failed.id}"' in page
     assert "boom at the overview" in page
     assert re.search(r'<span class="num">1</span> worker alive', page)
+
+
+def test_overview_counts_finished_jobs_of_the_last_day_only(logged_in):
+    now = models.utcnow()
+    for number, (status, hours_ago) in enumerate([("succeeded", 1), ("succeeded", 30), ("failed", 2), ("queued", 48)]):
+        at = now - datetime.timedelta(hours=hours_ago)
+        models.Job.create(id=f"j{number}", name="echo", status=status, enqueued_at=at, finished_at=None if status == "queued" else at)
+    counts = models.Job.counts_by_status(finished_since=now - datetime.timedelta(hours=24))
+    assert counts == {"succeeded": 1, "failed": 1, "queued": 1}
+    assert models.Job.counts_by_status() == {"succeeded": 2, "failed": 1, "queued": 1}
+    page = logged_in.get("/").text
+    assert re.search(r'status-succeeded">succeeded</span> <span class="num">1</span>', page)
+    assert re.search(r'status-queued">queued</span> <span class="num">1</span>', page)
 
 
 def test_jobs_list_filters_and_pages(logged_in):

@@ -61,6 +61,18 @@ def stop(process, sig=signal.SIGINT, timeout=30):
     return process.wait(timeout)
 
 
+def test_process_workers_run_jobs_each_in_its_own_process(tmp_path):
+    ids = [jobs.submit("record_run", {"n": n})[0].id for n in range(40)]
+    consumer = start_consumer(tmp_path, "-k", "process", "-w", "2")
+    try:
+        wait_until(lambda: statuses(ids)["succeeded"] == 40, timeout=60, message="all 40 succeeded")
+    finally:
+        assert stop(consumer) == 0
+    assert set(completed_runs(tmp_path)) == set(range(40))
+    pids = {job.worker.split(":")[1] for job in Job.select().where(Job.id.in_(ids))}
+    assert str(consumer.pid) not in pids and 1 <= len(pids) <= 2
+
+
 def test_sigkill_mid_batch_loses_nothing(tmp_path):
     ids = [jobs.submit("record_run", {"n": n})[0].id for n in range(200)]
     first = start_consumer(tmp_path, "-w", "4")

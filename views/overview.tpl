@@ -9,7 +9,7 @@
 </section>
 
 <section class="card">
-  <h2>Jobs by status</h2>
+  <h2>Jobs by status <span class="legend">finished ones: last 24 hours</span></h2>
   <ul class="counts">
     % for status in statuses:
     <li><a href="/jobs?status={{status}}"><span class="status status-{{status}}">{{status}}</span> <span class="num">{{counts.get(status, 0)}}</span></a></li>
