@@ -262,14 +262,6 @@ class Media(BaseModel):
     def of_post(cls, post_id):
         return cls.select().where(cls.post == post_id).order_by(cls.id)
 
-    @classmethod
-    def tokens_in(cls, tokens, chunk=500):
-        """The subset of `tokens` that belong to a media row."""
-        found = set()
-        for start in range(0, len(tokens), chunk):
-            found.update(row.token for row in cls.select(cls.token).where(cls.token.in_(tokens[start : start + chunk])))
-        return found
-
     def set_job(self, job_id):
         self.job_id = job_id
         Media.update(job_id=job_id).where(Media.id == self.id).execute()

@@ -22,7 +22,7 @@ import mailer
 import media
 import settings
 from jobs import CLEANUP_BATCH, MAIL_RETRY, PERIODIC_RETRY, enqueue, fail_now, huey, submit, task
-from models import BaseModel, Job, User, db, isoformat, utcnow
+from models import BaseModel, Job, User, db, isoformat, utcnow, values_in
 
 logger = logging.getLogger("litejobs.courses")
 
@@ -183,14 +183,6 @@ class Certificate(BaseModel):
     @classmethod
     def by_code(cls, code):
         return cls.get_or_none(cls.code == code.strip().upper())
-
-    @classmethod
-    def codes_in(cls, codes, chunk=500):
-        """The subset of `codes` that belong to an issued certificate."""
-        found = set()
-        for start in range(0, len(codes), chunk):
-            found.update(row.code for row in cls.select(cls.code).where(cls.code.in_(codes[start : start + chunk])))
-        return found
 
     @property
     def filename(self):
@@ -429,7 +421,7 @@ def _purge_leftover_files(now):
             if old(path):
                 path.unlink(missing_ok=True)
                 removed += 1
-    owned = analytics.Media.tokens_in([p.name for p in _children(settings.UPLOAD_DIR) + _children(settings.INCOMING_DIR)])
+    owned = values_in(analytics.Media.token, [p.name for p in _children(settings.UPLOAD_DIR) + _children(settings.INCOMING_DIR)])
     for path in _children(settings.UPLOAD_DIR) + _children(settings.INCOMING_DIR):
         if path.name not in owned and not path.name.startswith(".") and old(path):
             if path.is_dir():
@@ -438,7 +430,7 @@ def _purge_leftover_files(now):
                 path.unlink(missing_ok=True)
             removed += 1
     pdfs = [p for p in _children(settings.CERTIFICATE_DIR) if p.suffix == ".pdf"]
-    issued = Certificate.codes_in([p.stem for p in pdfs])
+    issued = values_in(Certificate.code, [p.stem for p in pdfs])
     for path in pdfs:
         if path.stem not in issued and old(path):
             path.unlink(missing_ok=True)

@@ -96,6 +96,32 @@ def open_database(url):
 MODELS = []  # every table; each BaseModel subclass adds itself
 
 
+def encode_cursor(stamp, row_id):
+    """An opaque cursor for keyset pages ordered by (time, id), newest first."""
+    raw = f"{stamp.isoformat()}|{row_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor):
+    """(time, id) from a cursor; ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, row_id = raw.split("|", 1)
+        return datetime.datetime.fromisoformat(stamp), row_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a cursor returned by this API") from exc
+
+
+def values_in(field, values, chunk=500):
+    """The subset of `values` that some row holds in `field`, asked a chunk at a time
+    (SQLite caps the parameters of one statement)."""
+    found = set()
+    for start in range(0, len(values), chunk):
+        query = field.model.select(field).where(field.in_(values[start : start + chunk]))
+        found.update(getattr(row, field.name) for row in query)
+    return found
+
+
 class BaseModel(Model):
     class Meta:
         database = db
@@ -359,21 +385,6 @@ class Job(BaseModel):
             "url": f"/api/v1/jobs/{self.id}",
         }
 
-    @staticmethod
-    def encode_cursor(job):
-        raw = f"{job.enqueued_at.isoformat()}|{job.id}"
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-    @staticmethod
-    def decode_cursor(cursor):
-        """(enqueued_at, id) from a cursor; ValueError when it is not one of ours."""
-        try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-            stamp, job_id = raw.split("|", 1)
-            return datetime.datetime.fromisoformat(stamp), job_id
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError("not a cursor returned by this API") from exc
-
     @classmethod
     def page(cls, name=None, status=None, limit=50, cursor=None):
         """Newest first; returns (jobs, cursor of the next page or None)."""
@@ -383,12 +394,12 @@ class Job(BaseModel):
         if status:
             query = query.where(cls.status == status)
         if cursor:
-            stamp, job_id = cls.decode_cursor(cursor)
+            stamp, job_id = decode_cursor(cursor)
             query = query.where(Tuple(cls.enqueued_at, cls.id) < Tuple(stamp, job_id))
         rows = list(query.order_by(cls.enqueued_at.desc(), cls.id.desc()).limit(limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, (cls.encode_cursor(rows[-1]) if more else None)
+        return rows, (encode_cursor(rows[-1].enqueued_at, rows[-1].id) if more else None)
 
     @classmethod
     def by_idempotency_key(cls, api_key_id, name, key):

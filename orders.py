@@ -6,7 +6,6 @@ check_order_status per poll; poll_pending_orders, every 5 minutes, fails
 orders past their deadline and queues the steps that no job is handling.
 """
 
-import base64
 import datetime
 import json
 import logging
@@ -30,7 +29,7 @@ import provider
 import settings
 import webhooks
 from jobs import ArgumentError, Conflict, Unavailable, cancel, current_job_id, submit, task
-from models import WAITING, BaseModel, Job, db, isoformat, utcnow
+from models import WAITING, BaseModel, Job, db, decode_cursor, encode_cursor, isoformat, utcnow
 
 logger = logging.getLogger("litejobs.orders")
 
@@ -128,12 +127,12 @@ class Order(BaseModel):
         if status:
             query = query.where(cls.status == status)
         if cursor:
-            stamp, order_id = _decode_cursor(cursor)
+            stamp, order_id = decode_cursor(cursor)
             query = query.where(Tuple(cls.created_at, cls.id) < Tuple(stamp, order_id))
         rows = list(query.order_by(cls.created_at.desc(), cls.id.desc()).limit(limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, (_encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
+        return rows, (encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
 
     @classmethod
     def pending(cls):
@@ -264,21 +263,6 @@ class Order(BaseModel):
         if checked:
             changes.update({cls.checks: cls.checks + 1, cls.last_sync_at: now})
         return bool(cls.update(changes).where((cls.id == order_id) & cls.status.in_(ORDER_PENDING)).execute())
-
-
-def _encode_cursor(stamp, row_id):
-    raw = f"{stamp.isoformat()}|{row_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor):
-    """(time, id) from a cursor; ValueError when it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, row_id = raw.split("|", 1)
-        return datetime.datetime.fromisoformat(stamp), row_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("not a cursor returned by this API") from exc
 
 
 # -- The steps, each a job ----------------------------------------------------------

@@ -13,14 +13,13 @@ import sqlite3
 import subprocess
 import threading
 import time
-import types
 import urllib.parse
 import uuid
 
 import common
 import jobs
 import lj
-from models import Job
+from models import Job, encode_cursor
 
 NAMES = ("ping", "echo", "sleep", "fail")
 
@@ -141,7 +140,7 @@ def run(n=1_000_000, requests=200, prune_timeout=900):
         .limit(1)
         .get()
     )
-    cursor = Job.encode_cursor(types.SimpleNamespace(enqueued_at=deep.enqueued_at, id=deep.id))
+    cursor = encode_cursor(deep.enqueued_at, deep.id)
     lj.close()
     # The production layout: the web process serves, a standalone consumer runs
     # the prune. (In `web.py run` the prune would run in the web process's own
