@@ -226,9 +226,12 @@ def error_response(status, code, message):
     """An error in the API's JSON shape on API paths, a plain HTML page elsewhere."""
     if is_api_path(request.path):
         return json_response(status, error_body(code, message))
+    return HTTPResponse(html_error(status, message), status=status, headers={"Content-Type": "text/html; charset=utf-8"})
 
-    page = f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
-    return HTTPResponse(page, status=status, headers={"Content-Type": "text/html; charset=utf-8"})
+
+def html_error(status, message):
+    """The plain HTML page of an error outside the API."""
+    return f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
 
 
 @app.hook("before_request")
@@ -321,8 +324,7 @@ def _error_page(error):
         response.content_type = "application/json; charset=utf-8"
         return json.dumps(error_body(codes.get(status, "internal"), message))
     response.content_type = "text/html; charset=utf-8"
-
-    return f"<!doctype html><title>{status}</title><h1>{status}</h1><p>{escape(message)}</p>"
+    return html_error(status, message)
 
 
 for _status in (400, 401, 403, 404, 405, 413, 500):
