@@ -46,6 +46,21 @@ OWN_SETTINGS = (
 _run_root = None
 
 
+def add_counts(into, counts):
+    """Add one client's {key: count} into the shared totals."""
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
+
+
+def run_clients(client, clients, timeout):
+    """Run client(0) … client(clients - 1) in threads at once and wait for them all."""
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 def run_root():
     """The scratch folder of this run; every row makes its own folder inside it."""
     global _run_root
@@ -346,16 +361,10 @@ def hammer(port, key, make_request, clients, duration, warmup=1.0):
         with lock:
             latencies.extend(mine)
             accepted.extend(my_ids)
-            for k, v in my_status.items():
-                statuses[k] = statuses.get(k, 0) + v
-            for k, v in my_errors.items():
-                errors[k] = errors.get(k, 0) + v
+            add_counts(statuses, my_status)
+            add_counts(errors, my_errors)
 
-    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(duration + warmup + 120)
+    run_clients(client, clients, duration + warmup + 120)
     return {
         "requests": len(latencies),
         "seconds": duration,

@@ -76,16 +76,10 @@ def run(queue, clients=50, duration=60.0, workers=4, drain_timeout=300):
             with lock:
                 for k, v in mine.items():
                     stats[k].extend(v)
-                for k, v in my_status.items():
-                    statuses[k] = statuses.get(k, 0) + v
-                for k, v in my_errors.items():
-                    errors[k] = errors.get(k, 0) + v
+                common.add_counts(statuses, my_status)
+                common.add_counts(errors, my_errors)
 
-        threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(duration + 120)
+        common.run_clients(client, clients, duration + 120)
         lj.use(env["DATABASE_URL"], env["QUEUE_URL"])
         started = time.monotonic()
         try:
