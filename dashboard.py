@@ -12,9 +12,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
-import time
-from collections import deque
 from urllib.parse import quote, urlencode
 
 import bottle
@@ -26,7 +23,7 @@ import jobs
 import settings
 from analytics import DailyAnalytics, Media, Post, TrendingSnapshot
 from courses import Certificate, Course, Enrollment, Lesson
-from models import STATUSES, TERMINAL, Job, Token, User, Worker, parse_time, utcnow
+from models import STATUSES, TERMINAL, Job, LoginFailure, Token, User, Worker, parse_time, utcnow
 from orders import ORDER_STATUSES, Order, place_order
 from schedules import pause_schedule, run_schedule, schedule_dicts
 from webhooks import Webhook, WebhookDelivery
@@ -40,39 +37,6 @@ PAGE_SIZE = 50
 pages = Bottle()
 
 
-# -- Login throttling ------------------------------------------------------------
-class Throttle:
-    """Failed attempts per key within a sliding window, kept in this process's memory."""
-
-    def __init__(self, window=15 * 60):
-        self.window = window
-        self.failures = {}
-        self.lock = threading.Lock()
-
-    def wait(self, key, limit, now=None):
-        """Seconds until `key` may try again; 0 when it may now."""
-        now = now or time.monotonic()
-        with self.lock:
-            times = self.failures.get(key)
-            while times and times[0] <= now - self.window:
-                times.popleft()
-            if not times or len(times) < limit:
-                return 0
-            return max(int(times[0] + self.window - now) + 1, 1)
-
-    def fail(self, key, now=None):
-        with self.lock:
-            self.failures.setdefault(key, deque()).append(now or time.monotonic())
-
-    def clear(self, key=None):
-        with self.lock:
-            if key is None:
-                self.failures.clear()
-            else:
-                self.failures.pop(key, None)
-
-
-login_throttle = Throttle()
 # Checked when the email is unknown, so a wrong email costs as long as a wrong password.
 _DUMMY_HASH = User.hash_password(secrets.token_urlsafe(16))
 
@@ -294,8 +258,8 @@ def login():
     target = _safe_next(request.forms.getunicode("next"))
     ip = request.environ.get("litejobs.client_address") or request.environ.get("REMOTE_ADDR", "")
     wait = max(
-        login_throttle.wait(f"email:{email}", settings.LOGIN_ATTEMPTS),
-        login_throttle.wait(f"ip:{ip}", settings.LOGIN_ATTEMPTS * 4),
+        LoginFailure.wait(f"email:{email}", settings.LOGIN_ATTEMPTS),
+        LoginFailure.wait(f"ip:{ip}", settings.LOGIN_ATTEMPTS * 4),
     )
     if wait:
         response.set_header("Retry-After", str(wait))
@@ -309,10 +273,9 @@ def login():
     elif not user.check_password(password):
         user = None
     if user is None:
-        login_throttle.fail(f"email:{email}")
-        login_throttle.fail(f"ip:{ip}")
+        LoginFailure.record(f"email:{email}", f"ip:{ip}")
         return render("login", title="Log in", error="Wrong email or password.", email=email, next=target)
-    login_throttle.clear(f"email:{email}")
+    LoginFailure.clear(f"email:{email}")
     lifetime = datetime.timedelta(hours=settings.SESSION_HOURS)
     _, plain = Token.issue(user, "session", lifetime)
     _set_cookie(SESSION_COOKIE, f"{plain}.{_sign('session', plain)}", int(lifetime.total_seconds()))

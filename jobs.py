@@ -29,7 +29,7 @@ from peewee import IntegrityError, PeeweeException
 
 import settings
 from models import TERMINAL, WAITING, Job, Worker, close_all_connections, create_tables, utcnow
-from models import ApiKey, Token, User, bulk_insert, db, isoformat
+from models import ApiKey, LoginFailure, Token, User, bulk_insert, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
 
@@ -815,8 +815,10 @@ def send_welcome_email(user_id: int):
 @task(queue="maintenance", public=True, **PERIODIC_RETRY)
 def cleanup_expired_tokens():
     """Delete expired tokens and dashboard sessions; live ones stay. Returns counts by kind."""
-    deleted = Token.delete_expired(utcnow())
-    return {"deleted": sum(deleted.values()), "by_kind": deleted, "kept": Token.select().count()}
+    now = utcnow()
+    deleted = Token.delete_expired(now)
+    forgotten = LoginFailure.delete_old(now)  # the login throttle's old rows go with the sessions
+    return {"deleted": sum(deleted.values()), "by_kind": deleted, "kept": Token.select().count(), "login_failures": forgotten}
 
 
 @task(queue="maintenance", public=True, **PERIODIC_RETRY)

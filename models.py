@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from pathlib import Path
 
@@ -268,6 +269,45 @@ class Token(BaseModel):
                 deleted[kind] = deleted.get(kind, 0) + 1
             if len(rows) < batch:
                 return deleted
+
+
+class LoginFailure(BaseModel):
+    """A failed dashboard login under a key ("email:…" or "ip:…"). The throttle
+    counts these rows, so it holds across every web process on the database."""
+
+    WINDOW = datetime.timedelta(minutes=15)
+
+    key = CharField()
+    at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "login_failure"
+        indexes = ((("key", "at"), False),)
+
+    @classmethod
+    def wait(cls, key, limit, now=None):
+        """Seconds until `key` may try again: 0 while it has fewer than `limit` failures in WINDOW."""
+        now = now or utcnow()
+        recent = cls.select(cls.at).where((cls.key == key) & (cls.at > now - cls.WINDOW))
+        times = [row.at for row in recent.order_by(cls.at.desc()).limit(limit)]
+        if len(times) < limit:
+            return 0
+        # When the limit-th newest failure leaves the window, fewer than `limit` are left.
+        return max(math.ceil((times[-1] + cls.WINDOW - now).total_seconds()), 1)
+
+    @classmethod
+    def record(cls, *keys, now=None):
+        now = now or utcnow()
+        cls.insert_many([{"key": key, "at": now} for key in keys]).execute()
+
+    @classmethod
+    def clear(cls, key):
+        cls.delete().where(cls.key == key).execute()
+
+    @classmethod
+    def delete_old(cls, now=None):
+        """Forget failures past the window; returns how many."""
+        return cls.delete().where(cls.at <= (now or utcnow()) - cls.WINDOW).execute()
 
 
 class Worker(BaseModel):

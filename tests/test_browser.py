@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import dashboard
 import models
 import orders
 import schedules
@@ -126,7 +125,6 @@ class Person:
 
 @pytest.fixture
 def person(chrome, server_url):
-    dashboard.login_throttle.clear()
     models.User.create(email=EMAIL, password_hash=models.User.hash_password(PASSWORD), is_admin=True)
     chrome.delete_all_cookies()
     return Person(chrome, server_url)

@@ -267,7 +267,7 @@ def test_cleanup_expired_tokens_removes_expired_and_keeps_live():
     for kind, expires in [("session", now - HOUR), ("session", now + HOUR), ("password_reset", now - DAY), ("email", now + DAY)]:
         Token.create(user=ann, kind=kind, token_hash=os.urandom(8).hex(), expires_at=expires)
     result = jobs.cleanup_expired_tokens.call_local()
-    assert result == {"deleted": 2, "by_kind": {"session": 1, "password_reset": 1}, "kept": 2}
+    assert result == {"deleted": 2, "by_kind": {"session": 1, "password_reset": 1}, "kept": 2, "login_failures": 0}
     assert sorted(t.kind for t in Token.select()) == ["email", "session"]
     assert all(t.expires_at > now for t in Token.select())
     assert jobs.cleanup_expired_tokens.call_local()["deleted"] == 0  # safe to run twice
