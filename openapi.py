@@ -266,7 +266,21 @@ SCHEMAS = {
     "UserInput": obj({"email": {"type": "string", "format": "email"}, "name": STRING}, required=["email"]),
     "User": obj({"id": ID, "email": STRING, "name": STRING, "active": BOOL, "created_at": TIME}),
     "PostInput": obj({"author_id": ID, "body": {"type": "string", "description": "text with #hashtags"}}),
-    "Post": obj({"id": ID, "author_id": ID, "body": STRING, "created_at": TIME}, required=["id", "body"]),
+    "Post": obj(
+        {
+            "id": ID,
+            "author_id": ID,
+            "body": STRING,
+            "hashtags": {"type": "array", "items": STRING},
+            "likes": INT,
+            "comments": INT,
+            "shares": INT,
+            "engagement_score": NUMBER,
+            "created_at": TIME,
+            "media": {"type": "array", "items": ref("Media"), "description": "GET /api/v1/posts/{id} only"},
+        },
+        required=["id", "body"],
+    ),
     "Trending": obj(
         {
             "computed_at": nullable(TIME),
