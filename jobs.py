@@ -43,6 +43,7 @@ from models import Certificate, Enrollment, Media, delete_quiet_posts
 from models import Order
 from models import ApiKey, DailyAnalytics, DigestWeek, MailSent, Post, ScheduleRun, ScheduleState, Token
 from models import TrendingSnapshot, User, UserStats, bulk_insert
+from models import WAL_CHECKPOINT_PAGES
 
 logger = logging.getLogger("litejobs.jobs")
 
@@ -89,7 +90,7 @@ class LitejobsHuey(Huey):
 
 
 class QueueStorage(SqliteStorage):
-    """huey's SQLite storage with `synchronous=NORMAL`, as the app database has.
+    """huey's SQLite storage with `synchronous=NORMAL` and WAL_CHECKPOINT_PAGES, as the app database has.
 
     With WAL this survives a crash of any process; only a power cut can undo
     the last commits, and then the reaper's requeue_lost() enqueues again a job
@@ -100,6 +101,7 @@ class QueueStorage(SqliteStorage):
     def _create_connection(self):
         conn = super()._create_connection()
         conn.execute("pragma synchronous=normal")
+        conn.execute(f"pragma wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         return conn
 
 
