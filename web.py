@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import sys
+import time
 import uuid
 
 from bottle import BaseRequest, Bottle, HTTPResponse, MultipartError, request, response, static_file
@@ -139,10 +140,18 @@ def api(path, method="GET", public=False):
     return decorator
 
 
+# Every API call looks its key up: a key found is remembered for this many seconds,
+# which saves a query per request (bench/, issue 7). The price: a key revoked in the
+# database still works in each web process for up to this long.
+AUTH_CACHE_SECONDS = 5.0
+_auth_cache = {}  # (database, SHA-256 of the key) -> (ApiKey row, monotonic expiry)
+key_calls = models.CallCounter()
+
+
 def authenticate():
     header = request.get_header("Authorization", "")
     key = header[7:].strip() if header.lower().startswith("bearer ") else request.get_header("X-API-Key", "")
-    row = ApiKey.authenticate(key)
+    row = _known_key(key)
     if row is None:
         raise ApiError(
             401,
@@ -151,7 +160,24 @@ def authenticate():
             headers={"WWW-Authenticate": "Bearer"},
         )
     check_rate("key", row.id, settings.RATE_LIMIT_PER_KEY)
-    row.touch()
+    key_calls.count(row.id)
+    return row
+
+
+def _known_key(key):
+    """ApiKey.authenticate(key), remembered for AUTH_CACHE_SECONDS; unknown keys are not remembered."""
+    if not key:
+        return None
+    cache_key = (models.db.obj, ApiKey.hash(key))
+    row, expires = _auth_cache.get(cache_key, (None, 0.0))
+    now = time.monotonic()
+    if row is not None and now < expires:
+        return row
+    row = ApiKey.authenticate(key)
+    if row is not None:
+        if len(_auth_cache) > 10_000:
+            _auth_cache.clear()  # keys seen over the last few seconds come back at their next call
+        _auth_cache[cache_key] = (row, now + AUTH_CACHE_SECONDS)
     return row
 
 
@@ -928,6 +954,10 @@ def serve(with_consumer=True):
         signal.signal(signal.SIGINT, stop)
     logger.info("litejobs serving on http://%s:%s (consumer: %s)", settings.HOST, settings.PORT, bool(consumer))
     server.serve_forever()
+    try:
+        key_calls.flush()  # the last second's API key calls
+    except Exception:
+        logger.exception("could not write the API key call counts")
     if consumer is not None:
         consumer.stop(graceful=True)
         jobs.huey.notify_interrupted_tasks()

@@ -379,8 +379,49 @@ def test_x_api_key_header_is_accepted(anonymous, api_key):
 
 def test_key_use_is_recorded(client, api_key):
     client.get("/api/v1/functions")
-    row = models.ApiKey.authenticate(api_key)
+    # Calls are counted in memory and written about once a second.
+    row = wait_until(lambda: (r := models.ApiKey.authenticate(api_key)).calls_today and r, 5, message="calls written")
     assert row.calls_today == 1 and row.last_used_at is not None
+
+
+def test_call_counts_of_two_processes_add_up():
+    key, _ = models.ApiKey.create_key("shared")
+    first, second = models.CallCounter(), models.CallCounter()
+    earlier, later = datetime.datetime(2026, 11, 23, 9, 0), datetime.datetime(2026, 11, 23, 9, 5)
+    for _ in range(3):
+        first.count(key.id, now=later)
+    second.count(key.id, now=earlier)
+    assert first.flush() == 1 and second.flush() == 1
+    second.count(key.id, now=earlier)
+    assert second.flush() == 1
+    assert first.flush() == 0  # nothing new
+    row = models.ApiKey.get_by_id(key.id)
+    # Added up, and last_used_at never moves back when an older count is written last.
+    assert (row.calls_today, row.last_used_at) == (5, later)
+
+
+def test_reset_daily_calls_keeps_calls_counted_after_it():
+    key, _ = models.ApiKey.create_key("busy")
+    counter = models.CallCounter()
+    counter.count(key.id)
+    counter.flush()
+    assert models.ApiKey.reset_daily_calls() == 1
+    counter.count(key.id)
+    counter.flush()
+    assert models.ApiKey.get_by_id(key.id).calls_today == 1
+
+
+def test_call_counts_wait_while_the_database_is_down(tmp_path):
+    key, _ = models.ApiKey.create_key("patient")
+    counter = models.CallCounter()
+    counter.count(key.id)
+    models.db.execute_sql('ALTER TABLE "apikey" RENAME TO "apikey_away"')
+    with pytest.raises(Exception):
+        counter.flush()
+    models.db.execute_sql('ALTER TABLE "apikey_away" RENAME TO "apikey"')
+    counter.count(key.id)
+    assert counter.flush() == 1
+    assert models.ApiKey.get_by_id(key.id).calls_today == 2
 
 
 def test_bug_is_500_with_request_id_and_no_traceback(client):
@@ -415,3 +456,11 @@ def test_ready_is_down_when_queue_unreachable(anonymous):
     ready = anonymous.get("/health/ready")
     assert ready.status == 503 and ready.json["status"] == "down"
     assert ready.json["checks"]["queue"]["status"] == "down" and ready.json["checks"]["queue"]["error"]
+
+
+def test_revoked_key_is_refused_once_the_auth_cache_expires(client, api_key, monkeypatch):
+    monkeypatch.setattr(web, "AUTH_CACHE_SECONDS", 0.2)
+    assert client.get("/api/v1/functions").status == 200
+    models.ApiKey.update(revoked=True).execute()
+    time.sleep(0.3)
+    assert_error(client.get("/api/v1/functions"), 401, "unauthorized")

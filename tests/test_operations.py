@@ -826,3 +826,9 @@ def test_metrics_are_right_with_web_and_consumer_in_separate_processes(tmp_path)
     )
     # One line per finished job in the consumer's log, with id, function and duration.
     assert len(re.findall(r"job \S+ echo succeeded in \d+\.\d ms", app.log("consumer"))) == 3
+
+
+def test_sqlite_files_checkpoint_their_wal_every_10000_pages():
+    # SQLite's default, 1,000 pages, checkpointed every ~50 jobs (bench/, issue 7).
+    assert models.db.execute_sql("pragma wal_autocheckpoint").fetchone()[0] == 10_000
+    assert jobs.huey.storage.conn.execute("pragma wal_autocheckpoint").fetchone()[0] == 10_000
