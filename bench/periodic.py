@@ -52,6 +52,7 @@ def peak_mb():
 # -- Inside the child processes --------------------------------------------------------
 def prepare_extras():
     """Tokens, API keys and job history for the housekeeping jobs to work on."""
+    sys.path.insert(0, str(common.ROOT))
     import models
     from models import ApiKey, Job, Token, User, bulk_insert, db, utcnow
 
