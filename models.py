@@ -886,6 +886,13 @@ def check_database():
     db.execute_sql("SELECT 1")
 
 
+def checkpoint():
+    """Copy what the SQLite WAL holds into the database file without blocking
+    readers or writers (a PASSIVE checkpoint); nothing on PostgreSQL."""
+    if isinstance(db.obj, SqliteDatabase):
+        db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 def close_all_connections():
     """Close every database connection of this process, pooled ones too.
 
