@@ -125,6 +125,19 @@ def decode_cursor(cursor):
         raise ValueError("not a cursor returned by this API") from exc
 
 
+def keyset_page(query, stamp_field, limit, cursor=None):
+    """One page of `query`, newest first by (stamp_field, id), after `cursor` if given;
+    returns (rows, the next page's cursor or None). ValueError for a bad cursor."""
+    model = stamp_field.model
+    if cursor:
+        stamp, row_id = decode_cursor(cursor)
+        query = query.where(Tuple(stamp_field, model.id) < Tuple(stamp, row_id))
+    rows = list(query.order_by(stamp_field.desc(), model.id.desc()).limit(limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (encode_cursor(getattr(rows[-1], stamp_field.name), rows[-1].id) if more else None)
+
+
 def values_in(field, values, chunk=500):
     """The subset of `values` that some row holds in `field`, asked a chunk at a time
     (SQLite caps the parameters of one statement)."""
@@ -513,13 +526,7 @@ class Job(BaseModel):
             query = query.where(cls.name == name)
         if status:
             query = query.where(cls.status == status)
-        if cursor:
-            stamp, job_id = decode_cursor(cursor)
-            query = query.where(Tuple(cls.enqueued_at, cls.id) < Tuple(stamp, job_id))
-        rows = list(query.order_by(cls.enqueued_at.desc(), cls.id.desc()).limit(limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (encode_cursor(rows[-1].enqueued_at, rows[-1].id) if more else None)
+        return keyset_page(query, cls.enqueued_at, limit, cursor)
 
     @classmethod
     def by_idempotency_key(cls, api_key_id, name, key):

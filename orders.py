@@ -20,7 +20,6 @@ from peewee import (
     IntegrityError,
     PeeweeException,
     TextField,
-    Tuple,
     fn,
 )
 from playhouse.pool import PooledDatabase
@@ -29,7 +28,7 @@ import provider
 import settings
 import webhooks
 from jobs import ArgumentError, Conflict, Unavailable, cancel, current_job_id, submit, task
-from models import WAITING, BaseModel, Job, db, decode_cursor, encode_cursor, isoformat, utcnow
+from models import WAITING, BaseModel, Job, db, isoformat, keyset_page, utcnow
 
 logger = logging.getLogger("litejobs.orders")
 
@@ -126,13 +125,7 @@ class Order(BaseModel):
         query = cls.select()
         if status:
             query = query.where(cls.status == status)
-        if cursor:
-            stamp, order_id = decode_cursor(cursor)
-            query = query.where(Tuple(cls.created_at, cls.id) < Tuple(stamp, order_id))
-        rows = list(query.order_by(cls.created_at.desc(), cls.id.desc()).limit(limit + 1))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
+        return keyset_page(query, cls.created_at, limit, cursor)
 
     @classmethod
     def pending(cls):
