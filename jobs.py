@@ -668,15 +668,15 @@ class QueueWorker(huey_consumer.Worker):
 WATCHED_POLL_DELAY = 1.0  # idle workers' own polls, when a queue watcher wakes them
 
 
-def watch_queue_file(path, stop_flag, interval=0.02):
+def watch_queue_file(path, stop_flag, interval=0.025):
     """Wake idle workers as soon as another process writes the SQLite queue file.
 
     A standalone consumer cannot hear the web process enqueue, and polling the
     queue every few ms costs a query per worker each time. Instead one thread
     looks at the size and mtime of the queue's WAL file (an os.stat, a few µs)
-    and sets `_wake` when they change: pickup in ~10 ms instead of up to
+    and sets `_wake` when they change: pickup in ~12 ms instead of up to
     POLL_MAX_DELAY, for under 1% of a core (bench/latency.py, issue 7; each
-    timed wake-up of a thread costs ~60 µs of CPU here, so one watcher at 50 Hz
+    timed wake-up of a thread costs ~60 µs of CPU here, so one watcher at 40 Hz
     beats every worker polling at 10 Hz). Workers still poll, every
     WATCHED_POLL_DELAY, so a change the watcher missed costs only time.
     """
