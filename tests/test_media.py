@@ -110,6 +110,11 @@ def uploaded_and_processed(client, data, filename="photo.jpg"):
     return accepted, processed(client, accepted["id"])
 
 
+def finished_job(client, job_id):
+    """The job once its outcome is recorded, which happens just after it marks the media row."""
+    return wait_until(lambda: (job := client.get(f"/api/v1/jobs/{job_id}").json)["status"] != "running" and job)
+
+
 def fetch_image(server_url, url):
     """GET a rendition without an API key; returns (response, decoded image)."""
     reply = Client(server_url).get(url)
@@ -146,7 +151,7 @@ def test_jpeg_is_turned_upright_resized_and_stripped_of_exif(client, consumer, s
         w, h = image.size
         assert _near(image.getpixel((w * 3 // 4, h // 8)), BLUE)
         assert _near(image.getpixel((w // 4, h // 8)), RED)
-    job = client.get(f"/api/v1/jobs/{accepted['job_id']}").json
+    job = finished_job(client, accepted["job_id"])
     assert job["name"] == "process_media_upload" and job["queue"] == "media" and job["status"] == "succeeded"
     shown = client.get(f"/api/v1/posts/{media['post_id']}").json
     assert shown["id"] == media["post_id"] and shown["media"] == [media]
@@ -187,7 +192,7 @@ def _rejected(client, data, filename):
     accepted, media = uploaded_and_processed(client, data, filename)
     assert media["status"] == "rejected"
     assert media["urls"] == {"web": None, "thumb_640": None, "thumb_320": None}
-    job = client.get(f"/api/v1/jobs/{accepted['job_id']}").json
+    job = finished_job(client, accepted["job_id"])
     # A bad file fails at once: retrying cannot make it an image.
     assert job["status"] == "failed" and job["attempts"] == 1
     assert media["error"] in job["error"]
