@@ -31,15 +31,21 @@ class TlsInbox:
         return AuthResult(success=auth_data.password == b"s3cret", handled=False)
 
 
-@pytest.fixture
-def certificate(tmp_path, monkeypatch):
-    """A self-signed certificate for 127.0.0.1 that this test's clients trust (SSL_CERT_FILE)."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+def _make_certificate(folder, common_name, *extra):
+    """A self-signed certificate and its key in `folder`, made by the openssl command."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={common_name}",
+         *extra, "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )
+    return cert, key
+
+
+@pytest.fixture
+def certificate(tmp_path, monkeypatch):
+    """A server context with a certificate for 127.0.0.1 that this test's clients trust (SSL_CERT_FILE)."""
+    cert, key = _make_certificate(tmp_path, "127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -64,22 +70,20 @@ def _message():
     return message
 
 
-def test_smtp_url_upgrades_with_starttls_before_it_logs_in(certificate):
-    # The server refuses to log in, or take mail, before STARTTLS.
-    inbox, controller = _server(tls_context=certificate, require_starttls=True, auth_require_tls=True)
+@pytest.mark.parametrize(
+    "scheme, options",
+    [
+        # The server refuses to log in, or take mail, before STARTTLS.
+        ("smtp", {"require_starttls": True, "auth_require_tls": True}),
+        # TLS from the first byte; aiosmtpd offers AUTH there only with auth_require_tls off.
+        ("smtps", {"auth_require_tls": False}),
+    ],
+)
+def test_mail_is_sent_and_logged_in_over_tls(certificate, scheme, options):
+    context = {"tls_context" if scheme == "smtp" else "ssl_context": certificate}
+    inbox, controller = _server(**context, **options)
     try:
-        mailer.deliver(_message(), f"smtp://robot:s3cret@127.0.0.1:{controller.port}")
-    finally:
-        controller.stop()
-    assert inbox.logins == [b"robot"]
-    assert [encrypted for encrypted, _ in inbox.received] == [True]
-
-
-def test_smtps_url_speaks_tls_from_the_start(certificate):
-    # aiosmtpd offers AUTH on an implicit-TLS port only with auth_require_tls off.
-    inbox, controller = _server(ssl_context=certificate, auth_require_tls=False)
-    try:
-        mailer.deliver(_message(), f"smtps://robot:s3cret@127.0.0.1:{controller.port}")
+        mailer.deliver(_message(), f"{scheme}://robot:s3cret@127.0.0.1:{controller.port}")
     finally:
         controller.stop()
     assert inbox.logins == [b"robot"]
@@ -91,12 +95,7 @@ def test_untrusted_certificate_is_refused_before_anything_is_sent(certificate, m
     # Trust only an unrelated certificate: the server's own no longer checks out.
     other = tmp_path / "other"
     other.mkdir()
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
-         "-keyout", str(other / "key.pem"), "-out", str(other / "cert.pem")],
-        check=True, capture_output=True,
-    )
-    monkeypatch.setenv("SSL_CERT_FILE", str(other / "cert.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(_make_certificate(other, "other")[0]))
     try:
         with pytest.raises(mailer.TransientMailError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             mailer.deliver(_message(), f"smtp://robot:s3cret@127.0.0.1:{controller.port}")
