@@ -74,6 +74,13 @@ class LitejobsHuey(Huey):
             return False
         return super().delete(key)
 
+    def revoke(self, task, revoke_until=None, revoke_once=False):
+        """huey's revoke (and `task.revoke()`, `revoke_by_id()`) cancels the job in its
+        history, as POST /api/v1/jobs/{id}/cancel does; a flag would never be read."""
+        job = Job.get_or_none(Job.id == task.id)
+        if job is not None and not job.is_terminal:
+            cancel(job)
+
 
 class QueueStorage(SqliteStorage):
     """huey's SQLite storage with `synchronous=NORMAL` and WAL_CHECKPOINT_PAGES, as the app database has.

@@ -464,3 +464,13 @@ def test_revoked_key_is_refused_once_the_auth_cache_expires(client, api_key, mon
     models.ApiKey.update(revoked=True).execute()
     time.sleep(0.3)
     assert_error(client.get("/api/v1/functions"), 401, "unauthorized")
+
+
+def test_huey_revoke_cancels_through_the_history(consumer):
+    waiting = jobs.submit("sleep", {"seconds": 5}, delay=60)[0]
+    jobs.huey.revoke_by_id(waiting.id)
+    assert Job.get_by_id(waiting.id).status == "canceled"
+    running = jobs.submit("sleep", {"seconds": 10})[0]
+    wait_until(lambda: Job.get_by_id(running.id).status == "running")
+    jobs.huey.revoke_by_id(running.id)  # the seed clients' revoke(task_id, terminate=True)
+    assert wait_until(lambda: Job.get_by_id(running.id).is_terminal and Job.get_by_id(running.id)).status == "canceled"
