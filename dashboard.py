@@ -16,23 +16,21 @@ from urllib.parse import quote, urlencode
 
 import bottle
 from bottle import Bottle, HTTPResponse, abort, redirect, request, response, static_file
-from peewee import PeeweeException, fn
+from peewee import PeeweeException
 
 import charts
 import jobs
 import settings
-from analytics import DailyAnalytics, Media, Post, TrendingSnapshot
-from courses import Certificate, Course, Enrollment, Lesson
 from models import STATUSES, TERMINAL, Job, LoginFailure, Token, User, Worker, parse_time, utcnow
-from orders import ORDER_STATUSES, Order, place_order
 from schedules import pause_schedule, run_schedule, schedule_dicts
-from webhooks import Webhook, WebhookDelivery
 
 VIEWS = [str(settings.BASE_DIR / "views")]  # absolute: bottle looks up relative to the cwd
 STATIC_DIR = settings.BASE_DIR / "static"
 SESSION_COOKIE = "litejobs_session"
 LOGIN_CSRF_COOKIE = "litejobs_login"
 PAGE_SIZE = 50
+# The menu: the core pages, then each loaded app's entries (web.mount_apps adds them).
+NAV = [("Overview", "/"), ("Jobs", "/jobs"), ("Run", "/run"), ("Schedules", "/schedules"), ("Workers", "/workers")]
 
 pages = Bottle()
 
@@ -105,8 +103,9 @@ def _safe_next(target):
     return "/"
 
 
-def page(path, method="GET"):
-    """Route a dashboard page: a session is required, and POSTs need their CSRF token."""
+def page(path, method="GET", routes=None):
+    """Route a dashboard page on `routes` (default: the core pages): a session is
+    required, and POSTs need their CSRF token. Apps pass their own bottle.Bottle."""
 
     def decorator(handler):
         @functools.wraps(handler)
@@ -124,7 +123,7 @@ def page(path, method="GET"):
                 message = f"The database or the queue is not answering ({exc}). Try again in a moment."
                 raise error_page(503, message) from None
 
-        pages.route(path, method, wrapper)
+        (pages if routes is None else routes).route(path, method, wrapper)
         return handler
 
     return decorator
@@ -141,6 +140,7 @@ def render(_view, _status=200, **values):
         user=current_user(),
         csrf_token=csrf_token(),
         path=request.path,
+        nav=NAV,
         ago=ago,
         stamp=stamp,
         show_json=show_json,
@@ -532,74 +532,6 @@ def workers():
     return render("workers", title="Workers", workers=rows, running=running, timeout=settings.HEARTBEAT_TIMEOUT)
 
 
-# -- Orders ------------------------------------------------------------------------------
-ORDER_FORM = (
-    ("product_id", "Product", True),
-    ("package_id", "Package", True),
-    ("user_identifier", "Customer account", True),
-    ("extra_field", "Extra field", False),
-)
-
-
-def order_list(values=None, error=None, status=200):
-    """The order form above the orders, newest first."""
-    wanted = request.query.getunicode("status") or ""
-    cursor = request.query.getunicode("cursor") or None
-    if wanted and wanted not in ORDER_STATUSES:
-        abort(400, f"unknown order status {wanted!r}; use one of {', '.join(ORDER_STATUSES)}")
-    try:
-        rows, next_cursor = Order.page(wanted or None, PAGE_SIZE, cursor)
-    except ValueError:
-        abort(400, "that page link is broken; start again from the first page")
-    filters = {"status": wanted} if wanted else {}
-    return render(
-        "orders",
-        _status=status,
-        title="Orders",
-        orders=rows,
-        counts=Order.counts_by_status(),
-        statuses=ORDER_STATUSES,
-        status=wanted,
-        fields=ORDER_FORM,
-        values=values or {},
-        error=error,
-        live=cursor is None and any(order.is_pending for order in rows),
-        first_page=cursor is None,
-        first_url="/orders?" + urlencode(filters) if filters else "/orders",
-        next_url="/orders?" + urlencode({**filters, "cursor": next_cursor}) if next_cursor else None,
-    )
-
-
-@page("/orders")
-def orders():
-    """The order form and the orders, newest first; refreshes while some are pending."""
-    return order_list()
-
-
-@page("/orders", "POST")
-def order_create():
-    """Place an order from the form; shows the order as it goes to the provider."""
-    values = {name: request.forms.getunicode(name) or "" for name, _, _ in ORDER_FORM}
-    body = {name: value for name, value in values.items() if value or name != "extra_field"}
-    try:
-        order, _ = place_order(body)
-    except jobs.ArgumentError as exc:
-        return order_list(values, exc, 422)
-    except jobs.Unavailable as exc:
-        abort(503, str(exc))
-    redirect(f"/orders/{quote(order.id)}", 303)
-
-
-@page("/orders/<order_id>")
-def order_detail(order_id):
-    """One order: its PIN once completed, its fields, times and every dispatch and check."""
-    order = Order.get_or_none(Order.id == order_id)
-    if order is None:
-        abort(404, f"no order with id {order_id!r}")
-    steps = list(Job.calls(("dispatch_order", "check_order_status"), {"order_id": order.id}))
-    return render("order", title=f"Order {order.id[:8]}", order=order, steps=steps)
-
-
 # -- Schedules ----------------------------------------------------------------------------
 def schedule_rows():
     """The API's schedule dicts with times as datetimes and the cron put in words."""
@@ -653,119 +585,3 @@ def schedule_run(name):
     except jobs.Unavailable as exc:
         abort(503, str(exc))
     redirect(f"/jobs/{quote(job.id)}", 303)
-
-
-# -- Analytics ----------------------------------------------------------------------------
-# (field, heading, what the heading sums up: the total over the days, or the last day)
-DAILY_SERIES = (
-    ("active_users", "Active users", "last"),
-    ("new_users", "New users", "total"),
-    ("posts", "Posts", "total"),
-    ("likes", "Likes", "total"),
-    ("comments", "Comments", "total"),
-    ("shares", "Shares", "total"),
-    ("mean_engagement", "Mean engagement per post", "last"),
-)
-
-
-@page("/analytics")
-def analytics():
-    """Trending hashtags and the daily numbers, as charts."""
-    days = request.query.getunicode("days") or "30"
-    if days not in ("7", "30", "90", "365"):
-        abort(400, "days: choose 7, 30, 90 or 365")
-    snapshot = TrendingSnapshot.latest()
-    trending = snapshot.to_dict()["hashtags"] if snapshot else []
-    rows = [row.to_dict() for row in DailyAnalytics.recent(int(days))]
-    step = max(len(rows) // 6, 1)
-    labels = [(i, row["date"][5:]) for i, row in enumerate(rows) if i % step == 0]
-    daily = []
-    for key, heading, summary in DAILY_SERIES if rows else ():
-        values = [row[key] for row in rows]
-        if summary == "total":
-            note = f"{sum(values):g} in {len(rows)} days"
-        else:
-            note = f"{values[-1]:g} on {rows[-1]['date']}"
-        svg = charts.line(
-            values,
-            labels=labels,
-            titles=[f"{row['date']}: {row[key]:g}" for row in rows],
-            width=540,
-            height=150,
-            label=f"{heading} per day",
-        )
-        daily.append((heading, note, svg))
-    return render(
-        "analytics",
-        title="Analytics",
-        days=days,
-        snapshot=snapshot,
-        trending=charts.hbars([(f"#{t['tag']}", t["count"]) for t in trending], label="Trending hashtags") if trending else None,
-        daily=daily,
-    )
-
-
-# -- Webhooks, posts and courses (read-only) -------------------------------------------------
-WEBHOOK_DELIVERIES = 10
-
-
-@page("/webhooks")
-def webhooks():
-    """Live webhooks and each one's recent deliveries; signing secrets are never shown."""
-    rows = []
-    for webhook in Webhook.live().limit(100):
-        deliveries, more = WebhookDelivery.page(webhook.id, None, WEBHOOK_DELIVERIES, None)
-        rows.append((webhook, deliveries, more is not None))
-    return render("webhooks", title="Webhooks", webhooks=rows)
-
-
-def _row_id(raw):
-    """A database id from the path ("12"), or None."""
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
-
-
-@page("/posts/<post_id>")
-def post_detail(post_id):
-    """One post: its text, counts and media, with thumbnails once they are ready."""
-    row_id = _row_id(post_id)
-    post = None if row_id is None else Post.get_or_none(Post.id == row_id)
-    if post is None:
-        abort(404, f"no post with id {post_id!r}")
-    items = list(Media.of_post(post.id))
-    return render(
-        "post",
-        title=f"Post {post.id}",
-        post=post,
-        data=post.to_dict(),
-        media=items,
-        live=any(item.status == "processing" for item in items),
-    )
-
-
-@page("/courses")
-def courses():
-    """Courses with their lesson counts, and enrollments with progress and certificates."""
-    lessons = {}
-    for course_id, count in Lesson.select(Lesson.course, fn.COUNT(Lesson.id)).group_by(Lesson.course).tuples():
-        lessons[course_id] = count
-    course_rows = list(Course.select().order_by(Course.id.desc()).limit(200))
-    enrollment_rows = list(
-        Enrollment.select(Enrollment, Course, User)
-        .join(Course)
-        .switch(Enrollment)
-        .join(User)
-        .order_by(Enrollment.id.desc())
-        .limit(PAGE_SIZE)
-    )
-    certificates = {
-        c.enrollment_id: c
-        for c in Certificate.select().where(Certificate.enrollment.in_([e.id for e in enrollment_rows]))
-    } if enrollment_rows else {}
-    return render(
-        "courses",
-        title="Courses",
-        courses=course_rows,
-        lessons=lessons,
-        enrollments=enrollment_rows,
-        certificates=certificates,
-    )

@@ -9,17 +9,21 @@ courses.py, mailer.py); this module imports those at its end, so
 """
 
 import datetime
+import importlib
+import importlib.util
 import inspect
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
 import types
 import typing
 import uuid
+from pathlib import Path
 
 from huey import consumer as huey_consumer
 from huey import Huey, signals
@@ -27,9 +31,10 @@ from huey.exceptions import CancelExecution, TaskTimeout
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
+import hooks
 import settings
 from models import TERMINAL, WAITING, WAL_CHECKPOINT_PAGES, Job, Worker, close_all_connections, create_tables, utcnow
-from models import ApiKey, LoginFailure, Token, User, bulk_insert, checkpoint, db, isoformat
+from models import ScheduleRun, User, bulk_insert, checkpoint, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
 
@@ -59,6 +64,9 @@ class LitejobsHuey(Huey):
     """Huey whose consumers heartbeat, recover lost jobs and stop gracefully."""
 
     def create_consumer(self, **options):
+        # `huey_consumer jobs.huey` imports this module, then asks for a consumer:
+        # the apps' tasks are registered before any job is taken.
+        load_apps()
         return Consumer(self, **options)
 
     # litejobs cancels a job in its history, never with huey's revoke flags: cancel()
@@ -534,7 +542,7 @@ def _record_outcome(message, value, exc):
     _current.job_id = _current.task = _current.started_at = None
     if exc is None:
         Job.mark_finished(message.id, "succeeded", result=value, started_at=started_at)
-        webhooks.job_event(message.id, message.name, "succeeded")
+        hooks.job_finished.send(message.id, message.name, "succeeded")
         _log_finished(message, "succeeded", started_at)
         return
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -552,7 +560,7 @@ def _record_outcome(message, value, exc):
         _log_finished(message, "canceled", started_at, error)
     else:
         Job.mark_finished(message.id, "failed", error=error, traceback=trace, started_at=started_at)
-        webhooks.job_event(message.id, message.name, "failed")
+        hooks.job_finished.send(message.id, message.name, "failed")
         _log_finished(message, "failed", started_at, error)
 
 
@@ -609,7 +617,7 @@ def reap(now=None):
         lost = f"worker lost: consumer {job.consumer_id} stopped heartbeating"
         if job.recoveries >= settings.MAX_RECOVERIES or job.name not in FUNCTIONS:
             Job.update(status="failed", error=lost, finished_at=utcnow()).where(claim).execute()
-            webhooks.job_event(job.id, job.name, "failed")
+            hooks.job_finished.send(job.id, job.name, "failed")
             continue
         if Job.update(status="queued", consumer_id=None, error=lost, recoveries=Job.recoveries + 1).where(claim).execute():
             _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority)
@@ -706,10 +714,8 @@ class Consumer(huey_consumer.Consumer):
 
     worker_class = QueueWorker
 
-    @property
-    def scheduler_class(self):
-        # schedules.py imports this module: its Scheduler is looked up when a consumer is made.
-        return schedules.Scheduler
+    # schedules.py, above this module, puts its minute-ticking Scheduler here (use_scheduler).
+    scheduler_class = huey_consumer.Scheduler
 
     def __init__(self, huey_instance, embedded=False, **options):
         # RUN_SCHEDULES=0 (or huey_consumer -n) makes a consumer that only runs jobs.
@@ -810,37 +816,13 @@ def create_user(email, name="", password=None, is_admin=False):
     except IntegrityError:
         raise Conflict(f"a user with email {email!r} exists already") from None
     try:
-        # After the commit, so the consumer finds the user it is asked to greet.
-        enqueue("send_welcome_email", user_id=user.id)
+        # After the commit, so the consumer finds the user it is asked to greet
+        # (the accounts app queues their welcome mail).
+        hooks.user_created.send(user)
     except Unavailable:
         User.delete_by_id(user.id)  # nothing half-done: no user without their welcome mail
         raise
     return user
-
-
-@task(queue="emails", public=True, **MAIL_RETRY)
-def send_welcome_email(user_id: int):
-    """Send the welcome mail to a new user (once, however often it runs)."""
-    user = User.get_or_none(User.id == user_id)
-    if user is None:
-        fail_now(f"no user with id {user_id}")
-    sent = mailer.send_mail_once(user, "welcome", "", "welcome", login_url=f"{settings.BASE_URL}/login")
-    return {"user_id": str(user.id), "sent": sent}
-
-
-@task(queue="maintenance", public=True, **PERIODIC_RETRY)
-def cleanup_expired_tokens():
-    """Delete expired tokens and dashboard sessions; live ones stay. Returns counts by kind."""
-    now = utcnow()
-    deleted = Token.delete_expired(now)
-    forgotten = LoginFailure.delete_old(now)  # the login throttle's old rows go with the sessions
-    return {"deleted": sum(deleted.values()), "by_kind": deleted, "kept": Token.select().count(), "login_failures": forgotten}
-
-
-@task(queue="maintenance", public=True, **PERIODIC_RETRY)
-def reset_daily_quotas():
-    """Start every API key's daily call counter again at 0."""
-    return {"keys_reset": ApiKey.reset_daily_calls()}
 
 
 @task(queue="maintenance", public=True, **PERIODIC_RETRY)
@@ -860,7 +842,7 @@ def prune_job_history():
         checkpoint()
         # A pause between batches lets waiting writers take the lock first.
         time.sleep(0.005)
-    claims = schedules.ScheduleRun.prune(before)
+    claims = ScheduleRun.prune(before)
     return {"deleted": deleted, "schedule_claims_deleted": claims, "before": isoformat(before)}
 
 
@@ -895,9 +877,69 @@ def fail(message: str):
 
 
 # Last, as Flask does with views: these modules import this one for `task`, and importing them registers their tasks.
-import analytics  # noqa: E402, F401
-import courses  # noqa: E402, F401
-import mailer  # noqa: E402
-import orders  # noqa: E402, F401
-import schedules  # noqa: E402
-import webhooks  # noqa: E402
+
+
+def use_scheduler(scheduler_class):
+    """Make every consumer tick with `scheduler_class` (schedules.Scheduler registers itself)."""
+    Consumer.scheduler_class = scheduler_class
+
+
+# -- Apps: what runs on the engine ----------------------------------------------------
+# The engine never imports an app by name: the apps named in settings.APPS and the
+# files of settings.FUNCTIONS_DIR are imported here by importlib, once, when web.py
+# is imported or a consumer is made (so `huey_consumer jobs.huey` registers every
+# task of the loaded apps). Not at the import of this module: an app imports the
+# engine's modules above this one (api, dashboard, schedules), which import this one.
+APPS = {}  # name -> hooks.App, in load order
+_loaded = []  # the (names, folder) loaded, so a second call is a no-op
+
+
+def loaded_apps():
+    """The loaded apps (hooks.App), in load order."""
+    return list(APPS.values())
+
+
+def load_apps(names=None, functions_dir=None):
+    """Import the apps `names` (default settings.APPS) and every *.py of `functions_dir`, once."""
+    names = settings.APPS if names is None else names
+    if _loaded:
+        return loaded_apps()
+    _loaded.append((tuple(names), functions_dir))
+    for name in names:
+        if name in settings.BUILTIN_APPS:
+            if not (settings.BASE_DIR / "apps" / name / "__init__.py").exists():
+                logger.info("app %s: not installed here; skipped", name)
+                continue
+            module_name = f"apps.{name}"
+        else:
+            module_name = name
+        before = set(FUNCTIONS)
+        module = importlib.import_module(module_name)
+        register_app(getattr(module, "app", None) or hooks.App(name), module, before)
+    folder = Path(settings.FUNCTIONS_DIR if functions_dir is None else functions_dir)
+    for path in sorted(folder.glob("*.py")) if folder.is_dir() else ():
+        before = set(FUNCTIONS)
+        module = load_file(path)
+        register_app(getattr(module, "app", None) or hooks.App(path.stem), module, before)
+    return loaded_apps()
+
+
+def load_file(path):
+    """Import one functions file as module `functions.<stem>`."""
+    name = f"functions.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def register_app(app, module, functions_before=()):
+    """Record a loaded app: its functions, queue priorities; tell the app_loaded hook."""
+    app.source = module
+    app.functions = sorted(set(FUNCTIONS) - set(functions_before)) or app.functions
+    for queue, priority in app.queues.items():
+        settings.QUEUE_PRIORITIES.setdefault(queue, priority)
+    APPS[app.name] = app
+    hooks.app_loaded.send(app)
+    return app

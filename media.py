@@ -309,3 +309,19 @@ def _fitting_size(pdf, text, width, size, smallest=10):
         size -= 1
         pdf.set_font("main", size=size)
     return size
+
+
+def off_the_loop(function, *args):
+    """Run CPU-heavy `function` in a real thread when gevent made this worker a greenlet.
+
+    Inside `web.py run` the consumer's workers are greenlets: a second of
+    Pillow or fpdf2 work would stall every request. Pillow releases the GIL,
+    so a real thread also lets two images be worked on at once.
+    """
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading"):
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(function, args)
+    return function(*args)

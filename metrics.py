@@ -7,14 +7,12 @@ run. HTTP request counts are this web process's own: Prometheus scrapes each
 web process and adds them up.
 """
 
-import datetime
 import logging
 import threading
 
 import jobs
 import settings
 from models import Job, JobCount, JobDuration, Worker, utcnow
-from orders import Order
 
 logger = logging.getLogger("litejobs.metrics")
 
@@ -123,11 +121,6 @@ def _database_metrics(out):
         f"Consumers with a heartbeat in the last HEARTBEAT_TIMEOUT ({settings.HEARTBEAT_TIMEOUT:g} s)",
         [({}, Worker.alive(now).count())],
     )
-    cutoff = now - datetime.timedelta(hours=settings.ORDER_DEADLINE_HOURS)
-    out.family("litejobs_orders_pending", "gauge", "Orders not completed or failed yet", [({}, Order.pending_count())])
-    out.family(
-        "litejobs_orders_past_deadline",
-        "gauge",
-        f"Pending orders older than ORDER_DEADLINE_HOURS ({settings.ORDER_DEADLINE_HOURS:g} h): the sweep should have failed them",
-        [({}, Order.pending().where(Order.created_at <= cutoff).count())],
-    )
+    for app in jobs.loaded_apps():
+        if app.metrics is not None:
+            app.metrics(out, now)  # each app adds its own families

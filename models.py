@@ -32,6 +32,7 @@ from peewee import (
     DateTimeField,
     FloatField,
     ForeignKeyField,
+    IntegrityError,
     IntegerField,
     Model,
     SqliteDatabase,
@@ -736,6 +737,66 @@ class Job(BaseModel):
 
 
 # -- Job counters for /metrics ---------------------------------------------------
+# -- What the database keeps of each schedule (schedules.py) ------------------------------------
+class ScheduleState(BaseModel):
+    """What the database remembers of a schedule (SCHEDULES): paused, last run, last job.
+
+    Kept here rather than in a consumer, so a pause holds for every consumer
+    and survives restarts.
+    """
+
+    name = CharField(primary_key=True)
+    paused = BooleanField(default=False)
+    last_run = DateTimeField(null=True)
+    last_job_id = CharField(null=True)
+    updated_at = DateTimeField(default=utcnow)
+
+    @classmethod
+    def by_name(cls):
+        return {row.name: row for row in cls.select()}
+
+    @classmethod
+    def _upsert(cls, name, **values):
+        values["updated_at"] = utcnow()
+        cls.insert(name=name, **values).on_conflict(conflict_target=[cls.name], update=values).execute()
+
+    @classmethod
+    def set_paused(cls, name, paused):
+        cls._upsert(name, paused=paused)
+
+    @classmethod
+    def record_run(cls, name, job_id, when):
+        cls._upsert(name, last_run=when, last_job_id=job_id)
+
+
+class ScheduleRun(BaseModel):
+    """The claim of one tick: (schedule, slot) is unique, so however many
+    consumers see a tick, one of them runs it."""
+
+    schedule = CharField()
+    slot = DateTimeField()  # the tick's minute, UTC
+    claimed_at = DateTimeField(default=utcnow)
+    consumer_id = CharField(null=True)
+    job_id = CharField(null=True)
+    note = CharField(null=True)  # why a claimed tick did not run
+
+    class Meta:
+        indexes = ((("schedule", "slot"), True),)
+
+    @classmethod
+    def claim(cls, schedule, slot, consumer_id):
+        """The new claim row, or None when another consumer claimed this tick first."""
+        try:
+            with db.atomic():  # a savepoint, so a clash leaves an outer transaction usable
+                return cls.create(schedule=schedule, slot=slot, consumer_id=consumer_id)
+        except IntegrityError:
+            return None
+
+    @classmethod
+    def prune(cls, before):
+        return cls.delete().where(cls.claimed_at < before).execute()
+
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 

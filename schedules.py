@@ -13,74 +13,14 @@ import zoneinfo
 
 from huey import consumer as huey_consumer
 from huey import crontab
-from peewee import BooleanField, CharField, DateTimeField, IntegrityError
 
+import hooks
 import jobs
 import settings
 from jobs import FUNCTIONS, Conflict, submit
-from models import BaseModel, Job, db, isoformat, utcnow
+from models import Job, ScheduleRun, ScheduleState, isoformat, utcnow  # noqa: F401 - ScheduleRun, ScheduleState: re-exported
 
 logger = logging.getLogger("litejobs.schedules")
-
-
-# -- What the database keeps of each schedule ------------------------------------
-class ScheduleState(BaseModel):
-    """What the database remembers of a schedule (SCHEDULES): paused, last run, last job.
-
-    Kept here rather than in a consumer, so a pause holds for every consumer
-    and survives restarts.
-    """
-
-    name = CharField(primary_key=True)
-    paused = BooleanField(default=False)
-    last_run = DateTimeField(null=True)
-    last_job_id = CharField(null=True)
-    updated_at = DateTimeField(default=utcnow)
-
-    @classmethod
-    def by_name(cls):
-        return {row.name: row for row in cls.select()}
-
-    @classmethod
-    def _upsert(cls, name, **values):
-        values["updated_at"] = utcnow()
-        cls.insert(name=name, **values).on_conflict(conflict_target=[cls.name], update=values).execute()
-
-    @classmethod
-    def set_paused(cls, name, paused):
-        cls._upsert(name, paused=paused)
-
-    @classmethod
-    def record_run(cls, name, job_id, when):
-        cls._upsert(name, last_run=when, last_job_id=job_id)
-
-
-class ScheduleRun(BaseModel):
-    """The claim of one tick: (schedule, slot) is unique, so however many
-    consumers see a tick, one of them runs it."""
-
-    schedule = CharField()
-    slot = DateTimeField()  # the tick's minute, UTC
-    claimed_at = DateTimeField(default=utcnow)
-    consumer_id = CharField(null=True)
-    job_id = CharField(null=True)
-    note = CharField(null=True)  # why a claimed tick did not run
-
-    class Meta:
-        indexes = ((("schedule", "slot"), True),)
-
-    @classmethod
-    def claim(cls, schedule, slot, consumer_id):
-        """The new claim row, or None when another consumer claimed this tick first."""
-        try:
-            with db.atomic():  # a savepoint, so a clash leaves an outer transaction usable
-                return cls.create(schedule=schedule, slot=slot, consumer_id=consumer_id)
-        except IntegrityError:
-            return None
-
-    @classmethod
-    def prune(cls, before):
-        return cls.delete().where(cls.claimed_at < before).execute()
 
 
 # -- Schedules ----------------------------------------------------------------------
@@ -102,7 +42,8 @@ class Schedule:
     one runs the first time only.
     """
 
-    def __init__(self, name, cron):
+    def __init__(self, name, cron, args=None):
+        self.args = args or {}
         fields = cron.split()
         if len(fields) != 5:
             raise ValueError(f"schedule {name}: {cron!r} is not a crontab of 5 fields (minute hour day month day-of-week)")
@@ -170,24 +111,13 @@ class Schedule:
 SCHEDULES = {}
 
 
-def schedule(name, cron):
-    """Run function `name` on crontab `cron`; the function is looked up when a tick comes."""
-    SCHEDULES[name] = Schedule(name, cron)
+def schedule(name, cron, **kwargs):
+    """Run function `name` with `kwargs` on crontab `cron`; the function is looked up when a tick comes."""
+    SCHEDULES[name] = Schedule(name, cron, kwargs)
+    return SCHEDULES[name]
 
 
-schedule("poll_pending_orders", "*/5 * * * *")
-schedule("cleanup_expired_tokens", "0 2 * * *")
-schedule("update_user_statistics", "0 3 * * *")
-schedule("update_trending_hashtags", "0 * * * *")
-schedule("generate_content_analytics", "0 4 * * *")
-schedule("update_post_engagement_scores", "0 5 * * *")
-schedule("send_weekly_digest", "0 9 * * 1")
-schedule("reset_daily_quotas", "0 0 * * *")
-schedule("prune_job_history", "0 1 * * *")
-schedule("send_usage_statistics", "0 * * * *")
-# Issue 10's cleanups: listed once their tasks exist.
-schedule("cleanup_old_posts", "0 1 * * 0")
-schedule("cleanup_old_cache", "0 */6 * * *")
+schedule("prune_job_history", "0 1 * * *")  # the engine's own; each app declares its schedules
 
 
 def zone():
@@ -256,7 +186,7 @@ def tick(now=None, after=None, tz=None):
                 claim.save()
                 logger.warning("schedule %s: tick %s %s", item.name, isoformat(slot), claim.note)
                 continue
-            job, _ = submit(item.name, {})
+            job, _ = submit(item.name, item.args)
             claim.job_id = job.id
             claim.save()
             ScheduleState.record_run(item.name, job.id, utcnow())
@@ -275,7 +205,7 @@ def run_schedule(name):
     running = _in_flight(ScheduleState.get_or_none(ScheduleState.name == name))
     if running is not None:
         raise Conflict(f"schedule {name}: job {running.id} is still {running.status}; a schedule never overlaps itself")
-    job, _ = submit(name, {})
+    job, _ = submit(name, SCHEDULES[name].args)
     ScheduleState.record_run(name, job.id, utcnow())
     return job
 
@@ -342,4 +272,9 @@ class Scheduler(huey_consumer.Scheduler):
         if minute <= self.last_minute:
             return []
         after, self.last_minute = self.last_minute, minute
-        return tick(minute, after)
+        started = tick(minute, after)
+        hooks.schedule_tick.send(minute, started)
+        return started
+
+
+jobs.use_scheduler(Scheduler)

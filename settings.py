@@ -150,6 +150,18 @@ QUEUE_URL = _define(
 
 # -- The web process ---------------------------------------------------------
 ENV = _define("ENV", "development", "development or production", _choice("development", "production"))
+BUILTIN_APPS = ("accounts", "orders", "content", "courses", "webhooks", "knowledge")
+APPS = _define(
+    "APPS",
+    ",".join(BUILTIN_APPS),
+    "apps to load: built-ins by short name, others by dotted module path; `none` for the engine alone",
+    lambda raw: [] if raw.strip().lower() == "none" else _list(raw),
+)
+if isinstance(APPS, str):
+    APPS = _list(APPS)
+FUNCTIONS_DIR = Path(_define("FUNCTIONS_DIR", "./functions", "folder whose *.py files are loaded as apps (your own functions)"))
+if not FUNCTIONS_DIR.is_absolute():
+    FUNCTIONS_DIR = (Path.cwd() / FUNCTIONS_DIR).resolve()
 HOST = _define("HOST", "127.0.0.1", "address the web server listens on")
 PORT = _define("PORT", 8000, "TCP port the web server listens on", _int(1, 65535))
 SECRET_KEY = _define("SECRET_KEY", "", "signs session cookies; required (32+ characters) in production")

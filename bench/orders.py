@@ -30,11 +30,11 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 import lj  # noqa: E402
 import models  # noqa: E402
-import orders  # noqa: E402
+from apps.orders import tasks as orders  # noqa: E402
 import settings  # noqa: E402
 from models import Job  # noqa: E402
-from orders import Order  # noqa: E402
-from provider import SandboxOrder  # noqa: E402
+from apps.orders.models import Order  # noqa: E402
+from apps.orders.provider import SandboxOrder  # noqa: E402
 
 LATENCY_MS = 100
 WORKERS = {"greenlet": 100, "thread": 8}

@@ -1,6 +1,6 @@
 """Periodic work: run time and peak memory of every scheduled job on demo data.
 
-`web.py demo-data --users 10000 --posts 100000` fills a scratch SQLite
+`python -m apps.demo --users 10000 --posts 100000` fills a scratch SQLite
 database, and the benchmark adds what the housekeeping jobs act on: 20,000
 tokens (half expired), 200 API keys with calls today, and 100,000 finished jobs
 older than JOB_HISTORY_DAYS beside 20,000 recent ones. Each scheduled function
@@ -135,7 +135,7 @@ def main():
     env = common.service_env(data_dir, SMTP_URL="", RUN_SCHEDULES="0")
     py = common.PY
     try:
-        demo_cmd = [py, "web.py", "demo-data", "--users", str(args.users), "--posts", str(args.posts), "--seed", "1"]
+        demo_cmd = [py, "-m", "apps.demo", "--users", str(args.users), "--posts", str(args.posts), "--seed", "1"]
         started = time.perf_counter()
         out = subprocess.run(demo_cmd, cwd=common.ROOT, env=env, capture_output=True, text=True, check=True)
         print(f"$ {common.shown(demo_cmd)}\n  {out.stdout.strip()} in {time.perf_counter() - started:.1f} s")

@@ -29,7 +29,9 @@ os.environ["DATA_DIR"] = _session_dir
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # Consumers in tests run jobs only; tests/test_periodic.py drives schedule ticks itself.
 os.environ["RUN_SCHEDULES"] = "0"
-for _name in ("DATABASE_URL", "QUEUE_URL", "SMTP_URL", "PROVIDER_URL", "ENV", "SECRET_KEY"):
+# Every built-in app, and none of the caller's own functions.
+os.environ["FUNCTIONS_DIR"] = os.path.join(_session_dir, "functions")
+for _name in ("DATABASE_URL", "QUEUE_URL", "SMTP_URL", "PROVIDER_URL", "ENV", "SECRET_KEY", "APPS"):
     os.environ.pop(_name, None)
 
 import jobs  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import models
-import orders
+from apps.orders import models as orders
 import schedules
 from conftest import REQUIRE_SERVICES, wait_until
 from test_dashboard import fast_orders  # noqa: F401 - a fixture

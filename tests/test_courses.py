@@ -7,11 +7,12 @@ import pytest
 from conftest import assert_error, wait_until
 from pypdf import PdfReader
 
-import courses
+from apps.courses import models as courses
+from apps.courses import tasks as course_tasks
 import jobs
 import models
 import settings
-from courses import Certificate
+from apps.courses.models import Certificate
 from models import Job, User
 
 
@@ -192,14 +193,14 @@ def test_certificate_task_run_twice_at_once_keeps_one_certificate_and_one_pdf(cl
     results = []
 
     def run():
-        results.append(courses.generate_certificate.call_local(enrollment.id))
+        results.append(course_tasks.generate_certificate.call_local(enrollment.id))
 
     threads = [threading.Thread(target=run) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    results.append(courses.generate_certificate.call_local(enrollment.id))
+    results.append(course_tasks.generate_certificate.call_local(enrollment.id))
     assert len({result["code"] for result in results}) == 1
     assert sum(result["created"] for result in results) == 1
     certificate = Certificate.get()

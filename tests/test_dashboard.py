@@ -8,14 +8,17 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-import analytics
-import courses
+from apps.accounts import tasks as account_tasks
+from apps.content import models as analytics
+from apps.content import pages as content_pages
+from apps.courses import models as courses
 import dashboard
 import jobs
 import models
-import orders
+from apps.orders import models as orders
+from apps.orders.tasks import place_order
 import schedules
-import webhooks
+from apps.webhooks import models as webhooks
 from conftest import wait_until
 
 EMAIL, PASSWORD = "admin@example.com", "correct horse battery"
@@ -191,7 +194,7 @@ def test_throttle_holds_across_web_processes_and_lifts_after_the_window(browser,
     assert browser.login().status == 429
     later = models.utcnow() + models.LoginFailure.WINDOW + datetime.timedelta(seconds=1)
     assert models.LoginFailure.wait(f"email:{EMAIL}", dashboard.settings.LOGIN_ATTEMPTS, now=later) == 0
-    assert jobs.cleanup_expired_tokens.call_local()["login_failures"] == 0  # still inside the window now
+    assert account_tasks.cleanup_expired_tokens.call_local()["login_failures"] == 0  # still inside the window now
     assert models.LoginFailure.delete_old(later) == dashboard.settings.LOGIN_ATTEMPTS
 
 
@@ -491,7 +494,7 @@ def test_order_form_places_an_order_and_shows_its_pin(logged_in, consumer, fast_
 
 
 def test_pending_order_page_refreshes(logged_in):
-    order, _ = orders.place_order({"product_id": "p", "package_id": "k", "user_identifier": "u"})
+    order, _ = place_order({"product_id": "p", "package_id": "k", "user_identifier": "u"})
     assert 'data-refresh="1"' in logged_in.get(f"/orders/{order.id}").text
     assert 'data-refresh="2"' in logged_in.get("/orders").text
 
@@ -555,7 +558,7 @@ def test_analytics_page_draws_trending_and_daily_charts(logged_in):
         analytics.DailyAnalytics.create(date=day, new_users=back, posts=2 * back, likes=3, active_users=5, mean_engagement=1.5)
     page = logged_in.get("/analytics").text
     assert "#python" in page and ">42<" in page
-    assert page.count('<svg class="chart"') == 1 + len(dashboard.DAILY_SERIES)
+    assert page.count('<svg class="chart"') == 1 + len(content_pages.DAILY_SERIES)
     assert "Active users" in page and "5 on " in page  # a level: the last day
     assert "Posts" in page and "90 in 10 days" in page  # a count: the total
     assert logged_in.get("/analytics?days=7").status == 200

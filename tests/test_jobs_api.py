@@ -9,6 +9,7 @@ from conftest import RunningConsumer, assert_error, wait_until
 
 import jobs
 import models
+import api
 import web
 from models import Job
 
@@ -459,7 +460,7 @@ def test_ready_is_down_when_queue_unreachable(anonymous):
 
 
 def test_revoked_key_is_refused_once_the_auth_cache_expires(client, api_key, monkeypatch):
-    monkeypatch.setattr(web, "AUTH_CACHE_SECONDS", 0.2)
+    monkeypatch.setattr(api, "AUTH_CACHE_SECONDS", 0.2)
     assert client.get("/api/v1/functions").status == 200
     models.ApiKey.update(revoked=True).execute()
     time.sleep(0.3)

@@ -14,12 +14,13 @@ import pytest
 from conftest import Client, _use_redis, assert_error, service_or_skip, wait_until
 from PIL import Image
 
-import analytics
-import courses
+from apps.content import models as analytics
+from apps.content import tasks as content_tasks
+from apps.courses import tasks as course_tasks
 import jobs
 import models
 import settings
-from analytics import Media
+from apps.content.models import Media
 from models import Job, User
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
@@ -182,7 +183,7 @@ def test_processing_twice_changes_nothing(client, consumer):
     _, media = uploaded_and_processed(client, png_with_alpha(), "logo.png")
     item = Media.get_by_id(int(media["id"]))
     before = {p.name: p.stat().st_mtime_ns for p in item.folder.iterdir()}
-    assert courses.process_media_upload.call_local(item.id)["status"] == "ready"
+    assert content_tasks.process_media_upload.call_local(item.id)["status"] == "ready"
     assert {p.name: p.stat().st_mtime_ns for p in item.folder.iterdir()} == before
     assert client.get(f"/api/v1/media/{media['id']}").json == media
 
@@ -297,7 +298,7 @@ def _post_aged(days, with_media=False):
 
 
 def test_cleanup_old_posts_removes_only_old_posts_nobody_touched(monkeypatch):
-    monkeypatch.setattr(analytics, "CLEANUP_BATCH", 2)  # several batches for five posts
+    monkeypatch.setattr(content_tasks, "CLEANUP_BATCH", 2)  # several batches for five posts
     retention = settings.POST_RETENTION_DAYS
     doomed = [_post_aged(retention + 1 + n, with_media=n < 2) for n in range(5)]
     liked, liked_media = _post_aged(retention + 30, with_media=True)
@@ -309,7 +310,7 @@ def test_cleanup_old_posts_removes_only_old_posts_nobody_touched(monkeypatch):
     analytics.Comment.create(user=fan, post=commented, body="nice")
     analytics.Share.create(user=fan, post=shared)
 
-    result = analytics.cleanup_old_posts.call_local()
+    result = content_tasks.cleanup_old_posts.call_local()
     assert result["deleted_posts"] == 5 and result["deleted_media"] == 2
     left = {post.id for post in analytics.Post.select()}
     assert left == {liked.id, commented.id, shared.id, recent.id}
@@ -319,7 +320,7 @@ def test_cleanup_old_posts_removes_only_old_posts_nobody_touched(monkeypatch):
     for item in (liked_media, recent_media):
         assert sorted(p.name for p in item.folder.iterdir()) == ["thumb_320.webp", "thumb_640.webp", "web.webp"]
     # Running it again finds nothing more to do.
-    assert analytics.cleanup_old_posts.call_local()["deleted_posts"] == 0
+    assert content_tasks.cleanup_old_posts.call_local()["deleted_posts"] == 0
 
 
 def _aged_file(path, hours, data=b"x"):
@@ -351,7 +352,7 @@ def test_cleanup_old_cache_removes_leftovers_of_crashed_runs_only():
     owned_original = _aged_file(item.original_path, hours=2)
     stray_pdf = _aged_file(settings.CERTIFICATE_DIR / "ZZZZ-ZZZZ-ZZZ2.pdf", hours=2)
 
-    result = courses.cleanup_old_cache.call_local()
+    result = course_tasks.cleanup_old_cache.call_local()
     assert result["queue_store_entries"] == 3 and result["rate_limit_keys"] == 0
     left = {key.decode() if isinstance(key, bytes) else key for key in store.result_items()}
     assert left >= {f"r:{fresh_job.id}", f"r:{waiting_job.id}", "litejobs.lock.x"}
@@ -373,7 +374,7 @@ def test_cleanup_old_cache_removes_past_rate_limit_windows_in_redis():
     client.set(f"litejobs:ratelimit:key:7:{window}", 1, ex=120)
     client.set("unrelated", 1)
     try:
-        assert courses.cleanup_old_cache.call_local()["rate_limit_keys"] == 2
+        assert course_tasks.cleanup_old_cache.call_local()["rate_limit_keys"] == 2
         assert client.exists(f"litejobs:ratelimit:key:7:{window}") and client.exists("unrelated")
         assert not client.exists(f"litejobs:ratelimit:key:7:{window - 5}")
     finally:

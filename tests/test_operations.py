@@ -25,8 +25,9 @@ import jobs
 import limits
 import models
 import openapi
-import orders
+from apps.orders import models as orders
 import settings
+import api
 import web
 from models import Job, JobCount, JobDuration, utcnow
 
@@ -38,7 +39,7 @@ NONPOSIX = ROOT / "tests" / "nonposix"
 def limiter(monkeypatch):
     """A fresh in-memory limiter for the app, so counts never leak between tests."""
     fresh = limits.Limiter(None)
-    monkeypatch.setattr(web, "limiter", fresh)
+    monkeypatch.setattr(api, "limiter", fresh)
     return fresh
 
 
@@ -120,7 +121,7 @@ def redis_limiter(monkeypatch):
 
     service_or_skip("Redis", clean)
     limiter = limits.Limiter(REDIS_URL)
-    monkeypatch.setattr(web, "limiter", limiter)
+    monkeypatch.setattr(api, "limiter", limiter)
     yield limiter
     clean()
 
@@ -142,7 +143,7 @@ def test_redis_limiter_is_shared_by_every_web_process(client, redis_limiter, mon
 def test_redis_down_falls_back_to_memory_and_requests_go_on(client, monkeypatch, caplog):
     closed = free_port()  # nothing listens there
     limiter = limits.Limiter(f"redis://127.0.0.1:{closed}/0")
-    monkeypatch.setattr(web, "limiter", limiter)
+    monkeypatch.setattr(api, "limiter", limiter)
     monkeypatch.setattr(settings, "RATE_LIMIT_PER_KEY", 3)
     caplog.set_level(logging.WARNING, logger="litejobs.limits")
     started = time.monotonic()
@@ -350,7 +351,7 @@ def test_metrics_still_answer_when_the_database_is_unreachable(anonymous, tmp_pa
 # -- OpenAPI -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def document():
-    return openapi.document()
+    return openapi.document(jobs.loaded_apps())
 
 
 def template_of(rule):

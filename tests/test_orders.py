@@ -23,13 +23,13 @@ import pytest
 from conftest import RunningConsumer, assert_error, free_port, wait_until
 
 import jobs
-import orders
-import provider
+from apps.orders import provider
+from apps.orders import tasks as orders
 from huey.exceptions import RetryTask
 import settings
 from models import Job, Worker, utcnow
-from orders import Order
-from provider import SandboxOrder
+from apps.orders.models import Order
+from apps.orders.provider import SandboxOrder
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = {"product_id": "pubg-uc", "package_id": "uc-660", "user_identifier": "player-42", "extra_field": "eu"}

@@ -18,15 +18,16 @@ from aiosmtpd.smtp import AuthResult
 
 from conftest import ROOT, assert_error, free_port, wait_until
 
-import analytics
-import demo
+from apps import demo
+from apps.accounts import tasks as account_tasks
+from apps.content import tasks as analytics
 import jobs
 import mailer
 import models
 import schedules
 import settings
 import web
-from analytics import Comment, DailyAnalytics, Like, Post, Share, UserStats
+from apps.content.models import Comment, DailyAnalytics, Like, Post, Share, UserStats
 from mailer import MailSent
 from models import ApiKey, Job, Token, User, utcnow
 from schedules import ScheduleRun, ScheduleState
@@ -266,11 +267,11 @@ def test_cleanup_expired_tokens_removes_expired_and_keeps_live():
     now = utcnow()
     for kind, expires in [("session", now - HOUR), ("session", now + HOUR), ("password_reset", now - DAY), ("email", now + DAY)]:
         Token.create(user=ann, kind=kind, token_hash=os.urandom(8).hex(), expires_at=expires)
-    result = jobs.cleanup_expired_tokens.call_local()
+    result = account_tasks.cleanup_expired_tokens.call_local()
     assert result == {"deleted": 2, "by_kind": {"session": 1, "password_reset": 1}, "kept": 2, "login_failures": 0}
     assert sorted(t.kind for t in Token.select()) == ["email", "session"]
     assert all(t.expires_at > now for t in Token.select())
-    assert jobs.cleanup_expired_tokens.call_local()["deleted"] == 0  # safe to run twice
+    assert account_tasks.cleanup_expired_tokens.call_local()["deleted"] == 0  # safe to run twice
 
 
 def test_prune_removes_only_old_terminal_jobs():
@@ -303,7 +304,7 @@ def test_reset_daily_quotas_zeroes_every_key():
     used, _ = ApiKey.create_key("used")
     ApiKey.create_key("idle")
     ApiKey.update(calls_today=42).where(ApiKey.id == used.id).execute()
-    assert jobs.reset_daily_quotas.call_local() == {"keys_reset": 1}
+    assert account_tasks.reset_daily_quotas.call_local() == {"keys_reset": 1}
     assert [k.calls_today for k in ApiKey.select()] == [0, 0]
 
 
@@ -388,7 +389,7 @@ def test_periodic_jobs_on_postgresql(postgres_database, outbox):
     assert analytics.update_post_engagement_scores.call_local()["changed"] == 3
     assert Post.get_by_id(data["posts"][0].id).engagement == 7
     analytics.update_trending_hashtags.call_local()
-    assert jobs.cleanup_expired_tokens.call_local()["deleted"] == 0
+    assert account_tasks.cleanup_expired_tokens.call_local()["deleted"] == 0
     assert jobs.prune_job_history.call_local()["deleted"] == 0
     week = analytics.iso_week(utcnow().date())
     assert analytics.send_weekly_digest.call_local(week=week)["queued"] == 3

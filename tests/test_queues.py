@@ -167,11 +167,12 @@ TABLES = {
 }
 
 
-@pytest.mark.parametrize("first", ["jobs", "orders", "webhooks", "schedules", "analytics", "courses", "mailer"])
-def test_create_tables_after_import_jobs_makes_every_table(tmp_path, first):
-    """A fresh process that imports jobs (after any module of tasks) gets every table and every task."""
+@pytest.mark.parametrize("first", ["jobs", "apps.orders", "apps.webhooks", "schedules", "apps.content", "apps.courses", "mailer"])
+def test_a_consumer_made_after_import_jobs_has_every_table_and_task(tmp_path, first):
+    """A fresh process that imports jobs (after any module) and makes a consumer, as
+    `huey_consumer jobs.huey` does, gets every table and every task of the default apps."""
     code = (
-        f"import {first}, jobs, models; models.create_tables()\n"
+        f"import {first}, jobs, models; jobs.huey.create_consumer(workers=1); models.create_tables()\n"
         "print(' '.join(sorted(models.db.get_tables())))\n"
         "print(' '.join(sorted(jobs.FUNCTIONS)))\n"
     )

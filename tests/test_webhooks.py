@@ -14,10 +14,10 @@ from conftest import assert_error, wait_until
 import jobs
 import models
 import settings
-import webhooks
+from apps.webhooks import models as webhooks
 from models import Job, User
-from orders import Order
-from webhooks import Webhook, WebhookDelivery
+from apps.orders.models import Order
+from apps.webhooks.models import Webhook, WebhookDelivery
 
 
 class Receiver:

@@ -1,6 +1,6 @@
 """litejobs demo data: realistic users, posts, likes, comments, shares and hashtags.
 
-`python web.py demo-data --users N --posts M` calls fill(). The data looks like a
+`python -m apps.demo --users N --posts M` calls fill() and fill_courses(). The data looks like a
 small social app's: a few prolific authors and many quiet ones, hashtags that
 follow a long tail (and a couple that trend in the last day), likes that come
 in the hours after a post, and every time spread over the last weeks. Rows go
@@ -14,8 +14,8 @@ import random
 
 from peewee import fn
 
-from analytics import Comment, Like, Post, PostTag, Share, hashtags
-from courses import Course, Enrollment, LessonCompletion
+from apps.content.models import Comment, Like, Post, PostTag, Share, hashtags
+from apps.courses.models import Course, Enrollment, LessonCompletion
 from models import User, bulk_insert, chunked, db, utcnow
 
 FIRST_NAMES = (
@@ -204,3 +204,33 @@ def fill_courses(enrollments=300, finished=20, seed=None, now=None):
         )
     counts = {"courses": len(courses), "enrollments": len(rows), "lessons_done": len(completions)}
     return counts, done_ids
+
+
+def main(argv=None):
+    """`python -m apps.demo`: fill the database of the content and courses apps with demo data."""
+    import argparse
+    import sys
+
+    import jobs
+    import web
+
+    parser = argparse.ArgumentParser(prog="python -m apps.demo", description="fill realistic users, posts, likes, comments and shares")
+    parser.add_argument("--users", type=int, default=1000, help="how many users (default 1000)")
+    parser.add_argument("--posts", type=int, default=10000, help="how many posts (default 10000)")
+    parser.add_argument("--weeks", type=int, default=4, help="spread over this many past weeks (default 4)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed, for the same data every time")
+    args = parser.parse_args(argv)
+    web.setup_logging()
+    web.prepare()
+    if args.users < 1 or args.posts < 0 or args.weeks < 1:
+        sys.exit("litejobs: demo-data needs --users 1 or more, --posts 0 or more and --weeks 1 or more")
+    counts = fill(args.users, args.posts, weeks=args.weeks, seed=args.seed)
+    course_counts, finished = fill_courses(seed=args.seed)
+    counts.update(course_counts)
+    for enrollment_id in finished:  # their certificates are made once a consumer runs
+        jobs.enqueue("recalculate_course_progress", enrollment_id=enrollment_id)
+    print(", ".join(f"{n} {what}" for what, n in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,6 @@ into deliveries, each one run as a job (deliver_webhook); and the hourly
 `Litejobs-Signature` header with `verify()`.
 """
 
-import datetime
 import hashlib
 import hmac
 import http.client
@@ -22,7 +21,6 @@ import uuid
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from huey.exceptions import RetryTask
 from peewee import (
     BooleanField,
     CharField,
@@ -35,10 +33,10 @@ from peewee import (
     fn,
 )
 
-import orders
+import hooks
 import settings
-from jobs import JobError, Unavailable, submit, task
-from models import BaseModel, Job, User, db, isoformat, parse_time, utcnow
+from jobs import Unavailable, submit
+from models import BaseModel, Job, User, db, isoformat, utcnow
 
 logger = logging.getLogger("litejobs.webhooks")
 
@@ -371,8 +369,9 @@ def usage_counts(start, end):
     """What the `usage.hourly` event reports for [start, end).
 
     Per function: jobs enqueued in the window, and jobs that reached each
-    terminal status in it (the counters of /metrics). Orders placed in the
-    window, by the status they have now. Users created in the window.
+    terminal status in it (the counters of /metrics). What each loaded app
+    adds through hooks.usage_counts (orders: placed in the window, by the
+    status they have now). Users created in the window.
     """
     jobs = {}
     window = (Job.enqueued_at >= start) & (Job.enqueued_at < end)
@@ -382,18 +381,12 @@ def usage_counts(start, end):
     query = Job.select(Job.name, Job.status, fn.COUNT(Job.id).alias("n")).where(finished).group_by(Job.name, Job.status)
     for row in query.namedtuples():
         jobs.setdefault(row.name, {})[row.status] = row.n
-    placed = (orders.Order.created_at >= start) & (orders.Order.created_at < end)
-    query = (
-        orders.Order.select(orders.Order.status, fn.COUNT(orders.Order.id).alias("n"))
-        .where(placed)
-        .group_by(orders.Order.status)
-    )
-    order_counts = dict.fromkeys(("created",) + orders.ORDER_STATUSES, 0)
-    for row in query.namedtuples():
-        order_counts[row.status] = row.n
-        order_counts["created"] += row.n
     new_users = User.select().where((User.created_at >= start) & (User.created_at < end)).count()
-    return {"jobs": dict(sorted(jobs.items())), "orders": order_counts, "new_users": new_users}
+    report = {"jobs": dict(sorted(jobs.items()))}
+    for _, counts in hooks.usage_counts.send(start, end):
+        report.update(counts or {})  # e.g. the orders app adds "orders"
+    report["new_users"] = new_users
+    return report
 
 
 # -- Events and their delivery ---------------------------------------------------
@@ -463,6 +456,7 @@ def _queue_delivery(delivery):
     WebhookDelivery.update(job_id=job.id).where(WebhookDelivery.id == delivery.id).execute()
 
 
+@hooks.job_finished.connect
 def job_event(job_id, name, status):
     """Emit job.succeeded or job.failed for a job that just finished."""
     event = f"job.{status}"
@@ -473,53 +467,9 @@ def job_event(job_id, name, status):
         emit(event, job.to_dict(), key=f"{event}:{job_id}")
 
 
-@task(queue="notifications")
-def deliver_webhook(delivery_id: int):
-    """POST one webhook delivery; a timeout, connection error or 5xx is tried again later.
-
-    Each run makes one attempt. The next waits WEBHOOK_RETRY_BASE seconds,
-    doubling each time, until WEBHOOK_MAX_ATTEMPTS; a 4xx is final.
-    """
-    delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
-    if delivery is None or delivery.status != "pending":
-        # A second run of a finished delivery (at-least-once): nothing to send.
-        return None if delivery is None else delivery.status
-    webhook = delivery.webhook
-    if not webhook.active:
-        WebhookDelivery.give_up(delivery.id, "webhook deleted before delivery")
-        return "webhook deleted; not sent"
-    outcome = send(
-        webhook.url,
-        webhook.secret,
-        delivery.payload.encode("utf-8"),
-        delivery.event,
-        timeout=settings.WEBHOOK_TIMEOUT,
-        allow_private=settings.WEBHOOK_ALLOW_PRIVATE,
-    )
-    attempts = delivery.attempts + 1
-    again = outcome.retry and attempts < settings.WEBHOOK_MAX_ATTEMPTS
-    delay = retry_delay(attempts, settings.WEBHOOK_RETRY_BASE) if again else None
-    status = "pending" if again else "succeeded" if outcome.ok else "failed"
-    next_at = utcnow() + datetime.timedelta(seconds=delay) if again else None
-    if not delivery.record_attempt(status, outcome.response_code, outcome.duration_ms, outcome.error, next_at):
-        return "recorded by another run"
-    if again:
-        logger.info("webhook delivery %s: %s; attempt %s in %s s", delivery.id, outcome.error, attempts + 1, delay)
-        raise RetryTask(f"{outcome.error}; attempt {attempts + 1} in {delay:g} s", delay=delay)
-    if not outcome.ok:
-        raise JobError(f"webhook delivery {delivery.id} to {webhook.url} failed after {attempts} attempt(s): {outcome.error}")
-    return {"delivery_id": str(delivery.id), "response_code": outcome.response_code, "attempts": attempts}
-
-
-@task(queue="notifications")
-def send_usage_statistics(until: str | None = None):
-    """Emit `usage.hourly`: jobs per function and status, orders and new users of one hour.
-
-    The hour ends at `until` (an ISO time), by default at the start of the
-    current hour, so hourly runs report whole hours without gaps or overlap.
-    """
-    end = parse_time(until) if until else utcnow().replace(minute=0, second=0, microsecond=0)
-    start = end - datetime.timedelta(hours=1)
-    data = {"start": isoformat(start), "end": isoformat(end), **usage_counts(start, end)}
-    sent = emit("usage.hourly", data, key=f"usage.hourly:{start.isoformat()}:{end.isoformat()}")
-    return {"deliveries": sent, **data}
+@hooks.app_event.connect
+def app_event(event, data, key=None):
+    """Deliver another app's event (hooks.app_event); `data` may be a callable, called only when someone listens."""
+    if event not in EVENTS or not subscribers(event):
+        return 0
+    return emit(event, data() if callable(data) else data, key=key)

@@ -1,0 +1,31 @@
+"""orders: orders placed with a provider (or the built-in sandbox), checked until done."""
+
+from apps.orders import models, openapi, pages, provider, routes, tasks
+from hooks import App
+from schedules import schedule
+
+app = App(
+    "orders",
+    models=[models.Order, provider.SandboxOrder, provider.SandboxFault],
+    modules=[tasks, routes, pages],
+    queues={"orders": 8},
+    schedules=[schedule("poll_pending_orders", "*/5 * * * *")],
+    api=routes.routes,
+    openapi=openapi.PATHS,
+    pages=pages.pages,
+    nav=[("Orders", "/orders")],
+    metrics=models.metrics,
+    settings=[
+        "PROVIDER_URL",
+        "PROVIDER_TOKEN",
+        "ORDER_FIRST_CHECK_DELAY",
+        "ORDER_BACKOFF_BASE",
+        "ORDER_BACKOFF_MAX",
+        "ORDER_MAX_CHECKS",
+        "ORDER_DEADLINE_HOURS",
+        "ORDER_BATCH_SIZE",
+        "SANDBOX_COMPLETE_AFTER",
+        "SANDBOX_LATENCY_MS",
+        "SANDBOX_FAILURE_RATE",
+    ],
+)
