@@ -27,6 +27,8 @@ from pathlib import Path
 
 from huey import consumer as huey_consumer
 from huey import Huey, signals
+from huey.api import Task
+from huey.registry import Registry
 from huey.exceptions import CancelExecution, TaskTimeout
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
@@ -60,8 +62,35 @@ class Unavailable(Exception):
 
 
 # -- The Huey instance ----------------------------------------------------------
+class MissingFunction(Task):
+    """Stands in for a function this process has not loaded: the job fails, naming both."""
+
+    def execute(self):
+        self.retries = 0  # another run here would fail the same way
+        apps = ", ".join(APPS) or "none"
+        raise JobError(
+            f"function {self.name!r} is not loaded on consumer {CONSUMER_ID} (apps: {apps}); "
+            "load its app there (APPS, FUNCTIONS_DIR) and retry the job"
+        )
+
+
+class FunctionRegistry(Registry):
+    """huey's task registry, except that a message for an unknown function becomes a
+    MissingFunction run instead of an error that drops the message (huey's default)."""
+
+    def string_to_task(self, task_str):
+        if task_str in self._registry:
+            return self._registry[task_str]
+        module, _, name = task_str.rpartition(".")
+        return type(name, (MissingFunction,), {"__module__": module or __name__})
+
+
 class LitejobsHuey(Huey):
     """Huey whose consumers heartbeat, recover lost jobs and stop gracefully."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._registry = FunctionRegistry()
 
     def create_consumer(self, **options):
         # `huey_consumer jobs.huey` imports this module, then asks for a consumer:
@@ -193,6 +222,7 @@ class Function:
 
     def __init__(self, wrapper, func, queue, retries, public, bounds, limit=None):
         self.wrapper = wrapper
+        self.func = func
         self.limit = limit
         self.name = func.__name__
         self.doc = inspect.getdoc(func) or ""
@@ -268,7 +298,15 @@ def task(
     def decorator(func):
         clash = _HUEY_OPTIONS & set(inspect.signature(func).parameters)
         if clash:
-            raise TypeError(f"{func.__name__}: parameter names {sorted(clash)} are reserved by huey")
+            raise TypeError(
+                f"{func.__name__} ({where(func)}): parameter names {sorted(clash)} are reserved by huey; rename them"
+            )
+        other = FUNCTIONS.get(func.__name__)
+        if other is not None and where(other.func) != where(func):
+            raise TypeError(
+                f"function {func.__name__} is defined twice: {where(other.func)} and {where(func)}; "
+                "a task's name is its function's name, so rename one"
+            )
         wrapper = huey.task(
             retries=retries,
             retry_delay=retry_delay,
@@ -285,6 +323,12 @@ def task(
         return wrapper
 
     return decorator
+
+
+def where(func):
+    """`file:line` of a function's definition, for messages."""
+    code = func.__code__
+    return f"{code.co_filename}:{code.co_firstlineno}"
 
 
 def public_functions():
@@ -751,7 +795,8 @@ class Consumer(huey_consumer.Consumer):
         # A consumer may be the first process to meet a new database.
         create_tables()
         Worker.create(
-            id=CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers
+            id=CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers,
+            apps=",".join(APPS),
         )
         self._heartbeat()
         # Embedded in the web process, enqueues wake the workers in-process already;
@@ -790,6 +835,7 @@ class Consumer(huey_consumer.Consumer):
         return health_check_ts
 
     def stop(self, graceful=False):
+        hooks.worker_stopping.send(CONSUMER_ID)
         super().stop(graceful)
         Worker.update(stopped_at=utcnow()).where(Worker.id == CONSUMER_ID).execute()
 

@@ -415,6 +415,7 @@ class Worker(BaseModel):
     started_at = DateTimeField(default=utcnow)
     last_heartbeat = DateTimeField(default=utcnow, index=True)
     stopped_at = DateTimeField(null=True)
+    apps = TextField(default="")  # the apps it loaded, comma-separated (jobs.load_apps)
 
     @classmethod
     def alive(cls, now=None):
@@ -440,7 +441,12 @@ class Worker(BaseModel):
             "last_heartbeat": isoformat(self.last_heartbeat),
             "alive": self.is_alive(),
             "running": list(running),
+            "apps": self.app_names,
         }
+
+    @property
+    def app_names(self):
+        return [name for name in self.apps.split(",") if name]
 
 
 class Job(BaseModel):
@@ -929,7 +935,16 @@ def bulk_insert(model, fields, rows, size=1000):
 MIGRATIONS = [
     # 1: concurrency limits count running jobs instead of keeping a table of places.
     lambda migrator: [migrator.sql('DROP TABLE IF EXISTS "slot"')],
+    # 2: each consumer records the apps it loaded (GET /api/v1/workers, /health/ready).
+    lambda migrator: add_column_once(migrator, "worker", "apps", TextField(default="")),
 ]
+
+
+def add_column_once(migrator, table, name, field):
+    """The operations adding column `name` to `table`, or none when it is there already."""
+    if name in {column.name for column in migrator.database.get_columns(table)}:
+        return []
+    return [migrator.add_column(table, name, field)]
 
 
 def create_tables():

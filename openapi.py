@@ -233,6 +233,7 @@ SCHEMAS = {
             "last_heartbeat": TIME,
             "alive": BOOL,
             "running": {"type": "array", "items": {"type": "string"}, "description": "ids of the jobs it runs"},
+            "apps": {"type": "array", "items": {"type": "string"}, "description": "the apps it loaded (APPS, FUNCTIONS_DIR)"},
         }
     ),
     "Queue": obj(
@@ -247,7 +248,7 @@ SCHEMAS = {
     ),
     "Check": obj(
         {
-            "status": {"type": "string", "enum": ["ok", "down", "unknown"]},
+            "status": {"type": "string", "enum": ["ok", "degraded", "down", "unknown"]},
             "error": {"type": "string", "description": "why it is not ok"},
         },
         required=["status"],
@@ -255,7 +256,9 @@ SCHEMAS = {
     "Ready": obj(
         {
             "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
-            "checks": obj({"database": ref("Check"), "queue": ref("Check"), "consumer": ref("Check")}),
+            "checks": obj(
+                {"database": ref("Check"), "queue": ref("Check"), "consumer": ref("Check"), "apps": ref("Check")}
+            ),
         }
     ),
 }

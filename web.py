@@ -265,7 +265,7 @@ def health_live():
 
 @api("/health/ready", public=True)
 def health_ready():
-    """Database, queue and consumer checks: ok, degraded (no consumer) or down."""
+    """Database, queue, consumer and apps checks: ok, degraded (no consumer, or apps differ) or down."""
     checks = {}
     for name, check in (("database", models.check_database), ("queue", jobs.check_queue)):
         try:
@@ -278,11 +278,27 @@ def health_ready():
         checks["consumer"] = {"status": "ok" if alive else "down", "alive": alive}
         if not alive:
             checks["consumer"]["error"] = f"no consumer heartbeat in the last {settings.HEARTBEAT_TIMEOUT:g} s"
+        checks["apps"] = apps_check(Worker.alive())
     else:
         checks["consumer"] = {"status": "unknown", "error": "database unreachable"}
     if any(checks[name]["status"] == "down" for name in ("database", "queue")):
         return 503, {"status": "down", "checks": checks}
-    return {"status": "ok" if checks["consumer"]["status"] == "ok" else "degraded", "checks": checks}
+    ok = checks["consumer"]["status"] == "ok" and checks["apps"]["status"] == "ok"
+    return {"status": "ok" if ok else "degraded", "checks": checks}
+
+
+def apps_check(workers):
+    """Whether every live consumer loaded the apps this web process loaded (else jobs may find no function)."""
+    here = sorted(jobs.APPS)
+    differ = [w for w in workers if sorted(w.app_names) != here]
+    if not differ:
+        return {"status": "ok"}
+    first = differ[0]
+    return {
+        "status": "degraded",
+        "error": f"{len(differ)} consumer(s) loaded other apps than this web process, e.g. {first.id}: "
+        f"{', '.join(sorted(first.app_names)) or 'none'}; web: {', '.join(here) or 'none'} (check APPS and FUNCTIONS_DIR)",
+    }
 
 
 @api("/metrics", public=True)

@@ -6,14 +6,10 @@ Set LITEJOBS_REQUIRE_SERVICES=1 (CI does) to make an unreachable Redis or
 PostgreSQL a failure instead of a skip.
 """
 
-import http.client
-import json
 import os
-import socket
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -37,38 +33,9 @@ for _name in ("DATABASE_URL", "QUEUE_URL", "SMTP_URL", "PROVIDER_URL", "ENV", "S
 import jobs  # noqa: E402
 import models  # noqa: E402
 import web  # noqa: E402
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REQUIRE_SERVICES = os.environ.get("LITEJOBS_REQUIRE_SERVICES") == "1"
+from helpers import POSTGRES_URL, Client, RunningConsumer, free_port, service_or_skip, use_postgres, use_redis  # noqa: E402
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
-def service_or_skip(name, check):
-    """Run `check`; an unreachable service skips the test, or fails it in CI."""
-    try:
-        check()
-    except Exception as exc:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{name} is required (LITEJOBS_REQUIRE_SERVICES=1) but unreachable: {exc}")
-        pytest.skip(f"{name} unreachable: {exc}")
 
 
 # -- Database and queue, fresh for every test ---------------------------------------
@@ -84,29 +51,13 @@ def fresh_storage(tmp_path):
     database.close()
 
 
-def _use_redis():
-    import redis
-
-    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    jobs.use_queue(REDIS_URL)
-    jobs.huey.flush()
-
-
-def _use_postgres():
-    import psycopg
-
-    psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-    jobs.use_queue(POSTGRES_URL)
-    jobs.huey.flush()
-
-
 @pytest.fixture(params=["sqlite", "redis", "postgresql"])
 def backend(request, fresh_storage):
     """Run the test once per queue storage: SQLite, Redis and PostgreSQL."""
     if request.param == "redis":
-        service_or_skip("Redis", _use_redis)
+        service_or_skip("Redis", use_redis)
     elif request.param == "postgresql":
-        service_or_skip("PostgreSQL", _use_postgres)
+        service_or_skip("PostgreSQL", use_postgres)
     yield request.param
     if request.param != "sqlite":
         jobs.huey.flush()
@@ -136,20 +87,6 @@ def postgres_database():
 
 
 # -- Consumers -----------------------------------------------------------------------
-class RunningConsumer:
-    """A real huey consumer (our Consumer class) running in threads of this process."""
-
-    def __init__(self, workers=2, **options):
-        self.consumer = jobs.huey.create_consumer(workers=workers, embedded=True, **options)
-        self.consumer.start()
-        self.thread = threading.Thread(target=web._supervise, args=(self.consumer,), daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.consumer.stop(graceful=True)
-        self.thread.join(5)
-
-
 @pytest.fixture
 def consumer():
     running = RunningConsumer()
@@ -179,51 +116,6 @@ def server_url():
     httpd.server_close()
 
 
-class Response:
-    def __init__(self, status, headers, body):
-        self.status, self.headers, self.body = status, headers, body
-
-    @property
-    def json(self):
-        return json.loads(self.body)
-
-    @property
-    def text(self):
-        return self.body.decode("utf-8")
-
-
-class Client:
-    """A tiny HTTP client over http.client; `key` is sent as a Bearer token."""
-
-    def __init__(self, base_url, key=None):
-        self.base_url, self.key = base_url, key
-        self.host, self.port = base_url.split("//")[1].split(":")
-
-    def request(self, method, path, json_body=None, body=None, headers=None):
-        headers = dict(headers or {})
-        if self.key and "Authorization" not in headers:
-            headers["Authorization"] = f"Bearer {self.key}"
-        if json_body is not None:
-            body = json.dumps(json_body).encode()
-            headers.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPConnection(self.host, int(self.port), timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            reply = conn.getresponse()
-            return Response(reply.status, dict(reply.getheaders()), reply.read())
-        finally:
-            conn.close()
-
-    def get(self, path, **kwargs):
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path, json_body=None, **kwargs):
-        return self.request("POST", path, json_body=json_body, **kwargs)
-
-    def delete(self, path, **kwargs):
-        return self.request("DELETE", path, **kwargs)
-
-
 @pytest.fixture
 def api_key():
     _, plain = models.ApiKey.create_key("tests")
@@ -241,14 +133,3 @@ def anonymous(server_url):
     return Client(server_url)
 
 
-def assert_error(response, status, code, field=None):
-    """Assert the API's JSON error shape, status and code (and field when given)."""
-    assert response.status == status, (response.status, response.body[:500])
-    assert response.headers.get("Content-Type", "").startswith("application/json"), response.headers
-    error = response.json["error"]
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"]
-    assert "Traceback" not in error["message"]
-    if field is not None:
-        assert error.get("field") == field, error
-    return error

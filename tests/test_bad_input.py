@@ -4,7 +4,7 @@ import json
 import string
 
 import pytest
-from conftest import assert_error
+from helpers import assert_error
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 import jobs

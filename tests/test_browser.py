@@ -15,7 +15,7 @@ import pytest
 import models
 from apps.orders import models as orders
 import schedules
-from conftest import REQUIRE_SERVICES, wait_until
+from helpers import REQUIRE_SERVICES, wait_until
 from test_dashboard import fast_orders  # noqa: F401 - a fixture
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

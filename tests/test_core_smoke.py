@@ -1,6 +1,5 @@
-from conftest import assert_error, wait_until
+from helpers import assert_error
 
-import models
 
 
 def test_echo_waits_for_result(client, consumer):

@@ -4,7 +4,7 @@ import io
 import threading
 
 import pytest
-from conftest import assert_error, wait_until
+from helpers import assert_error, wait_until
 from pypdf import PdfReader
 
 from apps.courses import models as courses
@@ -234,7 +234,7 @@ def test_unknown_certificate_code_is_404(client):
 
 @pytest.mark.parametrize("path", ["/certificates-static/NOPE.pdf", "/certificates-static/../settings.py"])
 def test_missing_or_outside_certificate_files_are_not_served(server_url, path):
-    from conftest import Client
+    from helpers import Client
 
     assert Client(server_url).get(path).status == 404
 

@@ -19,7 +19,7 @@ from apps.orders import models as orders
 from apps.orders.tasks import place_order
 import schedules
 from apps.webhooks import models as webhooks
-from conftest import wait_until
+from helpers import wait_until
 
 EMAIL, PASSWORD = "admin@example.com", "correct horse battery"
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunningConsumer, assert_error, free_port, wait_until
+from helpers import RunningConsumer, assert_error, free_port, wait_until
 
 import fault_tasks  # noqa: F401 - registers record_run in this process too
 import jobs

@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from conftest import RunningConsumer, assert_error, wait_until
+from helpers import RunningConsumer, assert_error, wait_until
 
 import jobs
 import models
@@ -192,7 +192,7 @@ def test_idempotency_key_with_other_arguments_is_409(client):
 
 
 def test_idempotency_key_is_scoped_to_key_and_function(client, server_url):
-    from conftest import Client
+    from helpers import Client
 
     _, other_key = models.ApiKey.create_key("other")
     other = Client(server_url, other_key)
@@ -443,7 +443,7 @@ def test_health_live_and_ready(anonymous, consumer):
     assert anonymous.get("/health/live").json == {"status": "ok"}
     ready = anonymous.get("/health/ready")
     assert ready.status == 200 and ready.json["status"] == "ok"
-    assert set(ready.json["checks"]) == {"database", "queue", "consumer"}
+    assert set(ready.json["checks"]) == {"database", "queue", "consumer", "apps"}
 
 
 def test_ready_is_degraded_without_consumer(anonymous):

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from conftest import free_port
+from helpers import free_port
 
 import mailer
 

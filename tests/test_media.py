@@ -11,7 +11,7 @@ import uuid
 import zlib
 
 import pytest
-from conftest import Client, _use_redis, assert_error, service_or_skip, wait_until
+from helpers import Client, use_redis, assert_error, service_or_skip, wait_until
 from PIL import Image
 
 from apps.content import models as analytics
@@ -366,7 +366,7 @@ def test_cleanup_old_cache_removes_leftovers_of_crashed_runs_only():
 
 
 def test_cleanup_old_cache_removes_past_rate_limit_windows_in_redis():
-    service_or_skip("Redis", _use_redis)
+    service_or_skip("Redis", use_redis)
     client = jobs.huey.storage.conn
     window = int(time.time() // 60)
     client.set(f"litejobs:ratelimit:key:7:{window - 5}", 3)  # its EXPIRE was lost

@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,18 +16,28 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import REDIS_URL, REQUIRE_SERVICES, Client, assert_error, free_port, service_or_skip, wait_until
+from helpers import (
+    REDIS_URL,
+    REQUIRE_SERVICES,
+    Client,
+    Litejobs,
+    assert_error,
+    cli_env,
+    free_port,
+    service_or_skip,
+    wait_until,
+)
 from openapi_spec_validator import validate as validate_openapi
 from prometheus_client.parser import text_string_to_metric_families
 
+import api
 import jobs
 import limits
 import models
 import openapi
-from apps.orders import models as orders
 import settings
-import api
 import web
+from apps.orders import models as orders
 from models import Job, JobCount, JobDuration, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -643,12 +652,6 @@ def test_alert_rules_fire_as_intended(tmp_path):
 
 
 # -- Backup and logs -------------------------------------------------------------------
-def _cli_env(tmp_path, **extra):
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
-    environ.update({"DATA_DIR": str(tmp_path / "data"), "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), **extra})
-    return environ
-
-
 def test_backup_is_a_consistent_copy_taken_while_jobs_run(tmp_path, consumer):
     stop = threading.Event()
     submitted = []
@@ -661,7 +664,7 @@ def test_backup_is_a_consistent_copy_taken_while_jobs_run(tmp_path, consumer):
     writer = threading.Thread(target=keep_submitting, daemon=True)
     writer.start()
     wait_until(lambda: len(submitted) > 50, timeout=20, message="jobs being written")
-    env = _cli_env(
+    env = cli_env(
         tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}", QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}"
     )
     result = subprocess.run(
@@ -694,7 +697,7 @@ def test_backup_is_a_consistent_copy_taken_while_jobs_run(tmp_path, consumer):
     check = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env=_cli_env(tmp_path, DATA_DIR=str(restored)),
+        env=cli_env(tmp_path, DATA_DIR=str(restored)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -703,7 +706,7 @@ def test_backup_is_a_consistent_copy_taken_while_jobs_run(tmp_path, consumer):
 
 
 def test_backup_of_postgresql_says_to_use_pg_dump(tmp_path):
-    env = _cli_env(tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    env = cli_env(tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     result = subprocess.run(
         [sys.executable, "web.py", "backup", str(tmp_path / "b")],
         cwd=ROOT,
@@ -725,59 +728,6 @@ def test_every_finished_job_logs_one_line_with_id_function_and_duration(client, 
 
 
 # -- Separate processes, and Windows without POSIX-only calls ---------------------------
-class Litejobs:
-    """A web process and a standalone consumer process on one DATA_DIR."""
-
-    def __init__(self, tmp_path, web_command, nonposix):
-        self.port = free_port()
-        paths = ([str(NONPOSIX)] if nonposix else []) + [str(ROOT)]
-        self.env = _cli_env(
-            tmp_path, PORT=str(self.port), LOG_LEVEL="INFO", HEARTBEAT_INTERVAL="0.5", PYTHONPATH=os.pathsep.join(paths)
-        )
-        self.logs = tmp_path
-        key = subprocess.run(
-            [sys.executable, "web.py", "create-key", "tests"],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert key.returncode == 0, key.stderr
-        self.client = Client(f"http://127.0.0.1:{self.port}", key.stdout.strip().splitlines()[-1])
-        consumer = Path(sys.executable).parent / "huey_consumer"
-        consumer_command = [str(consumer)] if consumer.exists() else [sys.executable, "-m", "huey.bin.huey_consumer"]
-        self.web = self._start("web", [sys.executable, *web_command])
-        self.consumer = self._start("consumer", [*consumer_command, "jobs.huey", "-k", "thread", "-w", "2"])
-
-    def _start(self, name, command):
-        log = open(self.logs / f"{name}.log", "w")
-        return subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self, name):
-        return (self.logs / f"{name}.log").read_text()
-
-    def ready(self):
-        try:
-            reply = self.client.get("/health/ready")
-        except OSError:
-            return False
-        return reply.status == 200 and reply.json["status"] == "ok"
-
-    def stop(self):
-        """SIGINT both (Ctrl-C); returns their exit codes."""
-        codes = {}
-        for name, process in (("web", self.web), ("consumer", self.consumer)):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-            try:
-                codes[name] = process.wait(40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[name] = "hung"
-        return codes
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RunningConsumer, assert_error, free_port, wait_until
+from helpers import RunningConsumer, assert_error, free_port, wait_until
 
 import jobs
 from apps.orders import provider

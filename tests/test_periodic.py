@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from conftest import ROOT, assert_error, free_port, wait_until
+from helpers import ROOT, assert_error, free_port, wait_until
 
 from apps import demo
 from apps.accounts import tasks as account_tasks

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, RunningConsumer, wait_until
+from helpers import ROOT, RunningConsumer, wait_until
 
 import jobs
 import settings

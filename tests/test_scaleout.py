@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import POSTGRES_URL, REDIS_URL, Client, _use_postgres, _use_redis, free_port, service_or_skip, wait_until
+from helpers import POSTGRES_URL, REDIS_URL, Client, use_postgres, use_redis, free_port, service_or_skip, wait_until
 from test_faults import ROOT, completed_runs, start_consumer, statuses, stop
 
 import jobs
@@ -23,10 +23,10 @@ pytestmark = pytest.mark.slow
 def cluster_queue(request, postgres_database, monkeypatch):
     """A shared queue on a real service, with the app database on PostgreSQL."""
     if request.param == "redis":
-        service_or_skip("Redis", _use_redis)
+        service_or_skip("Redis", use_redis)
         url = REDIS_URL
     else:
-        service_or_skip("PostgreSQL", _use_postgres)
+        service_or_skip("PostgreSQL", use_postgres)
         url = POSTGRES_URL
     monkeypatch.setenv("FAULT_QUEUE_URL", url)
     monkeypatch.setenv("FAULT_DATABASE_URL", POSTGRES_URL)

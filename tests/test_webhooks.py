@@ -9,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import assert_error, wait_until
+from helpers import assert_error, wait_until
 
 import jobs
 import models
