@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test consumer bench bench-orders clean
+.PHONY: run test test-fast lint consumer bench bench-orders clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt
@@ -23,6 +23,13 @@ consumer: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
+
+# Everything but the tests that start real processes (marker `slow`).
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -m "not slow"
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py

@@ -141,11 +141,11 @@ def make_huey(url):
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         settings.ensure_dir(os.path.dirname(path) or ".", "QUEUE_URL")
-        return LitejobsHuey("litejobs", results=False, storage_class=QueueStorage, filename=path, timeout=10)
+        return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=QueueStorage, filename=path, timeout=10)
     if url.startswith(("redis://", "rediss://")):
         # The priority storage is the one that honours queue priorities on Redis.
-        return LitejobsHuey("litejobs", results=False, storage_class=PriorityRedisStorage, url=url)
-    return LitejobsHuey("litejobs", results=False, storage_class=PostgresStorage, dsn=url)
+        return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=PriorityRedisStorage, url=url)
+    return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=PostgresStorage, dsn=url)
 
 
 huey = make_huey(settings.QUEUE_URL)

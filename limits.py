@@ -51,7 +51,7 @@ class RedisCounter:
         )
 
     def hit(self, key, window):
-        name = f"litejobs:ratelimit:{key}:{window}"
+        name = f"{settings.QUEUE_NAME}:ratelimit:{key}:{window}"
         pipe = self.client.pipeline(transaction=False)
         pipe.incr(name)
         pipe.expire(name, WINDOW * 2)

@@ -141,6 +141,11 @@ DATABASE_URL = _define(
     "app database: SQLite file in DATA_DIR by default, postgresql://… to scale out",
     _url("sqlite", "postgresql"),
 )
+QUEUE_NAME = _define(
+    "QUEUE_NAME",
+    "litejobs",
+    "the queue's name in its storage: huey's keys on Redis, its rows on PostgreSQL, the rate-limit key prefix",
+)
 QUEUE_URL = _define(
     "QUEUE_URL",
     f"sqlite:///{(DATA_DIR / 'queue.db').as_posix()}",

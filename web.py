@@ -377,7 +377,7 @@ def serve(with_consumer=True):
     if with_consumer:
         consumer = jobs.huey.create_consumer(workers=settings.WORKERS, embedded=True)
         consumer.start()
-        gevent.spawn(_supervise, consumer)
+        gevent.spawn(supervise, consumer)
     server = WSGIServer(
         (settings.HOST, settings.PORT), app, log=None, error_log=logger, handler_class=NoDelayHandler
     )
@@ -403,7 +403,7 @@ def serve(with_consumer=True):
     logger.info("stopped")
 
 
-def _supervise(consumer):
+def supervise(consumer):
     """Drive the embedded consumer's heartbeat and worker health checks."""
     from huey.consumer import ConsumerStopped
 

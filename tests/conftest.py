@@ -7,6 +7,7 @@ PostgreSQL a failure instead of a skip.
 """
 
 import os
+import uuid
 import sys
 import tempfile
 import threading
@@ -25,17 +26,55 @@ os.environ["DATA_DIR"] = _session_dir
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # Consumers in tests run jobs only; tests/test_periodic.py drives schedule ticks itself.
 os.environ["RUN_SCHEDULES"] = "0"
+# Keys and tables of this run only: in Redis every key has this prefix, and the
+# PostgreSQL tests use a database of this run (created and dropped below).
+os.environ["QUEUE_NAME"] = f"litejobs-test-{uuid.uuid4().hex[:10]}"
 # Every built-in app, and none of the caller's own functions.
 os.environ["FUNCTIONS_DIR"] = os.path.join(_session_dir, "functions")
 for _name in ("DATABASE_URL", "QUEUE_URL", "SMTP_URL", "PROVIDER_URL", "ENV", "SECRET_KEY", "APPS"):
     os.environ.pop(_name, None)
 
 import jobs  # noqa: E402
+import settings  # noqa: E402
 import models  # noqa: E402
 import web  # noqa: E402
-from helpers import POSTGRES_URL, Client, RunningConsumer, free_port, service_or_skip, use_postgres, use_redis  # noqa: E402
+from helpers import POSTGRES_DATABASE, POSTGRES_SERVER_URL, REDIS_URL, POSTGRES_URL, Client, RunningConsumer, free_port, service_or_skip, use_postgres, use_redis  # noqa: E402
 
 
+
+
+# -- This run's PostgreSQL database and Redis keys --------------------------------------
+def pytest_sessionstart(session):
+    """Create this run's PostgreSQL database on TEST_POSTGRES_URL's server (if it answers)."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_SERVER_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{POSTGRES_DATABASE}"')
+    except Exception as exc:  # no server: its tests skip (or fail in CI) through service_or_skip
+        session.config.litejobs_postgres = f"not created: {exc}"
+    else:
+        session.config.litejobs_postgres = "created"
+
+
+def pytest_sessionfinish(session):
+    """Drop this run's database and delete this run's Redis keys, and nothing else."""
+    if getattr(session.config, "litejobs_postgres", None) == "created":
+        import psycopg
+
+        if not models.db.is_closed():
+            models.db.close()
+        with psycopg.connect(POSTGRES_SERVER_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{POSTGRES_DATABASE}" WITH (FORCE)')
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        keys = list(client.scan_iter(match=f"*{settings.QUEUE_NAME}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except Exception:  # no Redis: nothing of ours is there
+        pass
 
 
 # -- Database and queue, fresh for every test ---------------------------------------

@@ -3,6 +3,7 @@
 Tests import this module (never conftest); conftest.py builds its fixtures from it.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -23,8 +24,19 @@ import web
 ROOT = Path(__file__).resolve().parent.parent
 NONPOSIX = Path(__file__).resolve().parent / "nonposix"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The server to use; each run makes a database of its own there (conftest.py) and
+# drops only that one. The database named here is only connected to, never changed.
+POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_DATABASE = f"litejobs_test_{settings.QUEUE_NAME.rsplit('-', 1)[-1]}"
+POSTGRES_URL = POSTGRES_SERVER_URL.rsplit("/", 1)[0] + "/" + POSTGRES_DATABASE
 REQUIRE_SERVICES = os.environ.get("LITEJOBS_REQUIRE_SERVICES") == "1"
+
+
+def base_env(**extra):
+    """The environment of a litejobs process in a test: the defaults of every setting, this run's queue name."""
+    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ.update(QUEUE_NAME=settings.QUEUE_NAME, **extra)
+    return environ
 
 
 def free_port():
@@ -71,6 +83,35 @@ def use_postgres():
     jobs.huey.flush()
 
 
+# -- Test-only tasks and routes ------------------------------------------------------
+@contextlib.contextmanager
+def registered_tasks(*tasks):
+    """Register test-only `(function, task options)` pairs as tasks for the block, then remove them."""
+    wrappers = [jobs.task(**options)(function) for function, options in tasks]
+    try:
+        yield wrappers
+    finally:
+        for (function, _), wrapper in zip(tasks, wrappers):
+            jobs.FUNCTIONS.pop(function.__name__, None)
+            wrapper.unregister()
+
+
+@contextlib.contextmanager
+def registered_route(app, path, callback, method="GET"):
+    """Route `path` on bottle `app` to `callback` for the block, then remove it again."""
+    route = app.route(path, method, callback)
+    added = app.routes[-1]
+    try:
+        yield route
+    finally:
+        app.routes.remove(added)
+        # bottle has no way to remove one rule: empty its router (bottle forbids replacing
+        # it) and add the routes left again.
+        app.router.__init__()
+        for kept in app.routes:
+            app.router.add(kept.rule, kept.method, kept, name=kept.name)
+
+
 # -- Consumers -----------------------------------------------------------------------
 class RunningConsumer:
     """A real huey consumer (our Consumer class) running in threads of this process."""
@@ -78,7 +119,7 @@ class RunningConsumer:
     def __init__(self, workers=2, **options):
         self.consumer = jobs.huey.create_consumer(workers=workers, embedded=True, **options)
         self.consumer.start()
-        self.thread = threading.Thread(target=web._supervise, args=(self.consumer,), daemon=True)
+        self.thread = threading.Thread(target=web.supervise, args=(self.consumer,), daemon=True)
         self.thread.start()
 
     def stop(self):
@@ -148,7 +189,7 @@ def assert_error(response, status, code, field=None):
 # -- Processes ------------------------------------------------------------------------
 def cli_env(tmp_path, **extra):
     """The environment of a litejobs command in a test: the defaults, a scratch DATA_DIR, and `extra`."""
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update({"DATA_DIR": str(tmp_path / "data"), "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), **extra})
     return environ
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import RunningConsumer, assert_error, free_port, wait_until
+from helpers import RunningConsumer, assert_error, free_port, wait_until, base_env
 
 import fault_tasks  # noqa: F401 - registers record_run in this process too
 import jobs
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def start_consumer(tmp_path, *args):
     """A standalone `huey_consumer` process on this test's database and queue."""
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update(
         DATA_DIR=str(tmp_path),
         DATABASE_URL=os.environ.get("FAULT_DATABASE_URL") or f"sqlite:///{tmp_path / 'app.db'}",

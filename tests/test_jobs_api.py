@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from helpers import RunningConsumer, assert_error, wait_until
+from helpers import RunningConsumer, assert_error, wait_until, registered_route, registered_tasks
 
 import jobs
 import models
@@ -13,11 +13,10 @@ import api
 import web
 from models import Job
 
-# Test-only functions, registered like any task in jobs.py.
+# Test-only functions, registered as tasks by the fixture below while this module's tests run.
 _attempts = {}
 
 
-@jobs.task(public=True, retries=2, retry_delay=0)
 def flaky(key: str, failures: int = 1):
     """Fail `failures` times, then succeed."""
     _attempts[key] = _attempts.get(key, 0) + 1
@@ -26,21 +25,30 @@ def flaky(key: str, failures: int = 1):
     return _attempts[key]
 
 
-@jobs.task(public=True, expires=1)
 def short_lived() -> str:
     """Must start within a second of being enqueued."""
     return "ran"
 
 
-@jobs.task(public=True)
 def typed(count: int, ratio: float = 0.5, name: str = "x", flag: bool = False, items: list = None, extra: dict = None):
     """Echo typed arguments."""
     return {"count": count, "ratio": ratio, "name": name, "flag": flag, "items": items, "extra": extra}
 
 
-@web.app.route("/api/v1/test-only/boom")
 def boom():
     raise RuntimeError("secret internals")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def test_functions():
+    """flaky, short_lived and typed as public tasks, and a route that raises, while these tests run."""
+    tasks = (
+        (flaky, {"public": True, "retries": 2, "retry_delay": 0}),
+        (short_lived, {"public": True, "expires": 1}),
+        (typed, {"public": True}),
+    )
+    with registered_tasks(*tasks), registered_route(web.app, "/api/v1/test-only/boom", boom):
+        yield
 
 
 def job_row(job_id):

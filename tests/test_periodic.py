@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from helpers import ROOT, assert_error, free_port, wait_until
+from helpers import ROOT, assert_error, free_port, wait_until, base_env
 
 from apps import demo
 from apps.accounts import tasks as account_tasks
@@ -244,7 +244,7 @@ def test_paused_schedule_does_not_run_and_stays_paused_after_a_restart(client, f
         "started = s.enqueue_periodic_tasks(datetime.datetime(2026, 11, 23, 10, 5)); "
         "print(schedules.ScheduleState.get_by_id('poll_pending_orders').paused, [j.name for j in started])"
     )
-    env = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    env = base_env()
     env.update(
         DATA_DIR=str(fresh_storage),
         DATABASE_URL=f"sqlite:///{fresh_storage / 'app.db'}",
@@ -334,7 +334,7 @@ def known_data():
 
 def test_user_statistics_on_known_data(known_data):
     ann, bob, cat = known_data["users"]
-    day1, day2 = known_data["day1"], known_data["day2"]
+    day2 = known_data["day2"]
     assert analytics.update_user_statistics.call_local() == {"users": 3}
     stats = {s.user_id: s for s in UserStats.select()}
     assert (stats[ann.id].posts, stats[ann.id].likes_received, stats[ann.id].comments_received, stats[ann.id].shares_received) == (2, 3, 1, 1)

@@ -1,13 +1,12 @@
 """Queues with priorities, concurrency limits across consumers, time limits."""
 
-import os
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from helpers import ROOT, RunningConsumer, wait_until
+from helpers import ROOT, RunningConsumer, wait_until, base_env, registered_tasks
 
 import jobs
 import settings
@@ -18,20 +17,17 @@ _running = {"now": 0, "peak": 0}
 _lock = threading.Lock()
 
 
-@jobs.task(queue="maintenance", public=True)
 def tidy(n: int, seconds: float = 0.0):
     """A maintenance chore."""
     time.sleep(seconds)
     return n
 
 
-@jobs.task(queue="media", public=True)
 def resize(n: int):
     """A media chore."""
     return n
 
 
-@jobs.task(queue="sync", limit=2)
 def full_sync(n: int, seconds: float = 0.1):
     """At most two at once, across every consumer."""
     with _lock:
@@ -45,12 +41,24 @@ def full_sync(n: int, seconds: float = 0.1):
     return n
 
 
-@jobs.task(timeout=0.5)
 def overrun():
     """Loops past its timeout, calling progress() as long jobs must."""
     for step in range(100):
         jobs.progress(step, 100)
         time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def test_functions():
+    """tidy, resize, full_sync and overrun as tasks while these tests run."""
+    tasks = (
+        (tidy, {"queue": "maintenance", "public": True}),
+        (resize, {"queue": "media", "public": True}),
+        (full_sync, {"queue": "sync", "limit": 2}),
+        (overrun, {"timeout": 0.5}),
+    )
+    with registered_tasks(*tasks):
+        yield
 
 
 def test_higher_priority_queue_runs_next(client, backend):
@@ -176,7 +184,7 @@ def test_a_consumer_made_after_import_jobs_has_every_table_and_task(tmp_path, fi
         "print(' '.join(sorted(models.db.get_tables())))\n"
         "print(' '.join(sorted(jobs.FUNCTIONS)))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    env = base_env()
     env.update(DATA_DIR=str(tmp_path), LOG_LEVEL="WARNING")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -2,18 +2,16 @@
 PostgreSQL database, scheduled work surviving restarts, and `web.py run` stopping cleanly."""
 
 import datetime
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import POSTGRES_URL, REDIS_URL, Client, use_postgres, use_redis, free_port, service_or_skip, wait_until
+from helpers import POSTGRES_URL, REDIS_URL, Client, use_postgres, use_redis, free_port, service_or_skip, wait_until, base_env
 from test_faults import ROOT, completed_runs, start_consumer, statuses, stop
 
 import jobs
-import settings
 from models import Job, Worker
 
 pytestmark = pytest.mark.slow
@@ -73,7 +71,7 @@ def test_scheduled_job_survives_a_restart_of_every_process(tmp_path):
 def test_web_run_stops_gracefully_on_sigterm_and_sigint(tmp_path):
     for sig in (signal.SIGTERM, signal.SIGINT):
         port = free_port()
-        environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+        environ = base_env()
         environ.update(DATA_DIR=str(tmp_path / sig.name), PORT=str(port), LOG_LEVEL="WARNING")
         key = subprocess.run(
             [sys.executable, "web.py", "create-key", "t"], cwd=ROOT, env=environ, capture_output=True, text=True
@@ -112,7 +110,7 @@ def test_concurrent_writers_never_see_database_locked(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     port = free_port()
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update(DATA_DIR=str(tmp_path), PORT=str(port), LOG_LEVEL="WARNING", WORKERS="2")
     key = subprocess.run(
         [sys.executable, "web.py", "create-key", "t"], cwd=ROOT, env=environ, capture_output=True, text=True

@@ -1,6 +1,5 @@
 """Settings: defaults, `.env`, clear errors at start, and the docs listing every one."""
 
-import os
 import re
 import subprocess
 import sys
@@ -9,13 +8,14 @@ from pathlib import Path
 import pytest
 
 import settings
+from helpers import base_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_python(code, tmp_path, **env):
     """Run `code` in a fresh interpreter in the project folder with only `env` set."""
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update({"DATA_DIR": str(tmp_path / "data"), **env})
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
@@ -67,7 +67,7 @@ def test_dotenv_is_read_but_environment_wins(tmp_path):
     project.mkdir()
     (project / "settings.py").write_text((ROOT / "settings.py").read_text())
     (project / ".env").write_text("PORT=9001\nHOST=0.0.0.0\n")
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update(HOST="127.0.0.2", DATA_DIR=str(tmp_path / "data"))
     result = subprocess.run(
         [sys.executable, "-c", "import settings; print(settings.PORT, settings.HOST)"],

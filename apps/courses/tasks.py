@@ -126,7 +126,7 @@ def _purge_rate_limit_keys(now):
     client = huey.storage.conn
     current = int(now // limits.WINDOW)
     stale = []
-    for name in client.scan_iter(match="litejobs:ratelimit:*", count=1000):
+    for name in client.scan_iter(match=f"{settings.QUEUE_NAME}:ratelimit:*", count=1000):
         window = name.rsplit(b":", 1)[-1]
         if not window.isdigit() or int(window) < current - 1:
             stale.append(name)

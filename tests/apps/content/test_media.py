@@ -369,17 +369,18 @@ def test_cleanup_old_cache_removes_past_rate_limit_windows_in_redis():
     service_or_skip("Redis", use_redis)
     client = jobs.huey.storage.conn
     window = int(time.time() // 60)
-    client.set(f"litejobs:ratelimit:key:7:{window - 5}", 3)  # its EXPIRE was lost
-    client.set(f"litejobs:ratelimit:ip:127.0.0.1:{window - 2}", 9)
-    client.set(f"litejobs:ratelimit:key:7:{window}", 1, ex=120)
-    client.set("unrelated", 1)
+    prefix = settings.QUEUE_NAME  # this run's keys only
+    client.set(f"{prefix}:ratelimit:key:7:{window - 5}", 3)  # its EXPIRE was lost
+    client.set(f"{prefix}:ratelimit:ip:127.0.0.1:{window - 2}", 9)
+    client.set(f"{prefix}:ratelimit:key:7:{window}", 1, ex=120)
+    client.set(f"{prefix}:unrelated", 1)
     try:
         assert course_tasks.cleanup_old_cache.call_local()["rate_limit_keys"] == 2
-        assert client.exists(f"litejobs:ratelimit:key:7:{window}") and client.exists("unrelated")
-        assert not client.exists(f"litejobs:ratelimit:key:7:{window - 5}")
+        assert client.exists(f"{prefix}:ratelimit:key:7:{window}") and client.exists(f"{prefix}:unrelated")
+        assert not client.exists(f"{prefix}:ratelimit:key:7:{window - 5}")
     finally:
         jobs.huey.flush()
-        client.delete("unrelated", f"litejobs:ratelimit:key:7:{window}")
+        client.delete(f"{prefix}:unrelated", f"{prefix}:ratelimit:key:7:{window}")
 
 
 def test_both_cleanups_are_scheduled(client):

@@ -11,16 +11,14 @@ import datetime
 import http.client
 import http.server
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from helpers import RunningConsumer, assert_error, free_port, wait_until
+from helpers import ROOT, RunningConsumer, assert_error, base_env, free_port, wait_until
 
 import jobs
 from apps.orders import provider
@@ -31,7 +29,7 @@ from models import Job, Worker, utcnow
 from apps.orders.models import Order
 from apps.orders.provider import SandboxOrder
 
-ROOT = Path(__file__).resolve().parent.parent
+
 ORDER = {"product_id": "pubg-uc", "package_id": "uc-660", "user_identifier": "player-42", "extra_field": "eu"}
 
 
@@ -582,8 +580,9 @@ def test_greenlet_consumer_checks_orders_concurrently(client, sandbox, monkeypat
     greenlet has its own connection and provider calls overlap."""
     monkeypatch.setattr(settings, "SANDBOX_LATENCY_MS", 200)
     monkeypatch.setattr(settings, "SANDBOX_COMPLETE_AFTER", 0.0)
-    ids = [place(client, user_identifier=f"player-{n}")["id"] for n in range(40)]
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    for n in range(40):
+        place(client, user_identifier=f"player-{n}")
+    environ = base_env()
     environ.update(
         DATA_DIR=str(tmp_path),
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
@@ -624,7 +623,7 @@ def test_peewee_connections_are_per_greenlet_after_the_patch(tmp_path):
         "found = gevent.joinall([gevent.spawn(models.db.connection) for _ in range(3)])\n"
         "print(len({id(g.value) for g in found}))\n"
     )
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update(DATA_DIR=str(tmp_path), LOG_LEVEL="WARNING")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True)
     assert result.stdout.strip() == "3", result.stderr
