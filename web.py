@@ -26,6 +26,7 @@ import metrics
 import models
 import openapi
 import schedules
+import schema
 import settings
 from api import (
     CORS_HEADERS,
@@ -349,7 +350,7 @@ def prepare():
     """Create the data folder and tables; exit with a clear message when that fails."""
     try:
         settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        models.create_tables()
+        schema.upgrade(jobs.loaded_apps())
         jobs.check_queue()
     except Exception as exc:  # any start-up failure (disk, database, queue) ends here, without a traceback
         sys.exit(f"litejobs: cannot start: {type(exc).__name__}: {exc} (check DATA_DIR, DATABASE_URL and QUEUE_URL)")
@@ -427,6 +428,8 @@ def main(argv=None):
     user.add_argument("--admin", action="store_true", help="give the user admin rights")
     user.add_argument("--password", help="the password (asked for when left out)")
     user.add_argument("--name", default="", help="the user's name")
+    migrate = commands.add_parser("migrate", help="create missing tables and apply pending migrations")
+    migrate.add_argument("--status", action="store_true", help="only show the engine's and each app's schema version")
     copy = commands.add_parser("backup", help="copy the SQLite database and queue into folder DEST, while running")
     copy.add_argument("dest")
     args = parser.parse_args(argv)
@@ -453,6 +456,14 @@ def main(argv=None):
         except jobs.Conflict:
             sys.exit(f"litejobs: a user with email {args.email!r} exists already")
         print(f"user {args.email} created; a welcome mail is queued")
+    elif args.command == "migrate":
+        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        if not args.status:
+            for name, number in schema.upgrade(jobs.loaded_apps()).items():
+                print(f"{name}: migrated to version {number}")
+        for name, version, newest in schema.status(jobs.loaded_apps()):
+            shown = "not yet created" if version is None else f"version {version}"
+            print(f"{name}: {shown} of {newest}" + ("" if version == newest else "  (pending: python web.py migrate)"))
     elif args.command == "backup":
         import backup
 

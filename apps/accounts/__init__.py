@@ -1,6 +1,6 @@
 """accounts: users' welcome mail, the create-user API, nightly token and quota cleanup."""
 
-from apps.accounts import openapi, routes, tasks
+from apps.accounts import migrations, openapi, routes, tasks
 from hooks import App
 from schedules import schedule
 
@@ -14,5 +14,6 @@ app = App(
     ],
     api=routes.routes,
     openapi=openapi.PATHS,
+    migrations=migrations.MIGRATIONS,
     settings=["BASE_URL", "SMTP_URL"],
 )

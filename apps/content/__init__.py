@@ -1,6 +1,6 @@
 """content: posts, likes, comments and shares, media uploads, analytics and weekly digests."""
 
-from apps.content import models, openapi, pages, routes, tasks
+from apps.content import migrations, models, openapi, pages, routes, tasks
 from hooks import App
 from schedules import schedule
 
@@ -20,6 +20,7 @@ app = App(
     ],
     api=routes.routes,
     openapi=openapi.PATHS,
+    migrations=migrations.MIGRATIONS,
     pages=pages.pages,
     nav=[("Analytics", "/analytics")],
     settings=["UPLOAD_MAX_MB", "UPLOAD_DIR", "IMAGE_MAX_PIXELS", "POST_RETENTION_DAYS"],

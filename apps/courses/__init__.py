@@ -3,7 +3,7 @@
 Builds on content: its cache cleanup also removes media uploads nothing owns.
 """
 
-from apps.courses import models, openapi, pages, routes, tasks
+from apps.courses import migrations, models, openapi, pages, routes, tasks
 from hooks import App
 from schedules import schedule
 
@@ -15,6 +15,7 @@ app = App(
     schedules=[schedule("cleanup_old_cache", "0 */6 * * *")],
     api=routes.routes,
     openapi=openapi.PATHS,
+    migrations=migrations.MIGRATIONS,
     pages=pages.pages,
     nav=[("Courses", "/courses")],
     settings=["CERTIFICATE_DIR"],

@@ -1,6 +1,6 @@
 """orders: orders placed with a provider (or the built-in sandbox), checked until done."""
 
-from apps.orders import models, openapi, pages, provider, routes, tasks
+from apps.orders import migrations, models, openapi, pages, provider, routes, tasks
 from hooks import App
 from schedules import schedule
 
@@ -12,6 +12,7 @@ app = App(
     schedules=[schedule("poll_pending_orders", "*/5 * * * *")],
     api=routes.routes,
     openapi=openapi.PATHS,
+    migrations=migrations.MIGRATIONS,
     pages=pages.pages,
     nav=[("Orders", "/orders")],
     metrics=models.metrics,
