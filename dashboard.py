@@ -141,6 +141,7 @@ def render(_view, _status=200, **values):
         csrf_token=csrf_token(),
         path=request.path,
         nav=NAV,
+        load_errors=jobs.LOAD_ERRORS,
         ago=ago,
         stamp=stamp,
         show_json=show_json,

@@ -57,6 +57,10 @@ class Conflict(Exception):
     """The action is not possible in the job's current state."""
 
 
+class DefinitionError(TypeError):
+    """Two functions with one name, or a parameter huey reserves: the start stops, naming both places."""
+
+
 class Unavailable(Exception):
     """The database or the queue storage cannot be reached; nothing was written."""
 
@@ -298,12 +302,12 @@ def task(
     def decorator(func):
         clash = _HUEY_OPTIONS & set(inspect.signature(func).parameters)
         if clash:
-            raise TypeError(
+            raise DefinitionError(
                 f"{func.__name__} ({where(func)}): parameter names {sorted(clash)} are reserved by huey; rename them"
             )
         other = FUNCTIONS.get(func.__name__)
         if other is not None and where(other.func) != where(func):
-            raise TypeError(
+            raise DefinitionError(
                 f"function {func.__name__} is defined twice: {where(other.func)} and {where(func)}; "
                 "a task's name is its function's name, so rename one"
             )
@@ -962,12 +966,56 @@ def load_apps(names=None, functions_dir=None):
         before = set(FUNCTIONS)
         module = importlib.import_module(module_name)
         register_app(getattr(module, "app", None) or hooks.App(name), module, before)
-    folder = Path(settings.FUNCTIONS_DIR if functions_dir is None else functions_dir)
+    load_functions(Path(settings.FUNCTIONS_DIR if functions_dir is None else functions_dir))
+    return loaded_apps()
+
+
+# The functions files that failed to load: (file, line, message), for the log and the dashboard.
+LOAD_ERRORS = []
+
+
+def load_functions(folder):
+    """Load every *.py of `folder` as an app; returns the apps loaded.
+
+    A file that does not import (syntax error, missing module, an exception at
+    import) is logged and listed in LOAD_ERRORS and the rest is served, except
+    with ENV=production, where the start stops naming the file and line.
+    A DefinitionError always stops the start.
+    """
+    loaded = []
     for path in sorted(folder.glob("*.py")) if folder.is_dir() else ():
         before = set(FUNCTIONS)
-        module = load_file(path)
-        register_app(getattr(module, "app", None) or hooks.App(path.stem), module, before)
-    return loaded_apps()
+        try:
+            module = load_file(path)
+        except DefinitionError as exc:
+            raise SystemExit(f"litejobs: cannot start: {exc}") from None
+        except Exception as exc:  # any error of the user's code at import, SyntaxError included
+            _forget_functions(set(FUNCTIONS) - before)
+            place, message = _error_location(exc, path)
+            if settings.ENV == "production":
+                raise SystemExit(f"litejobs: cannot start: {place}: {message} (fix the file, or move it out of FUNCTIONS_DIR)") from None
+            logger.error("functions file %s did not load: %s; the other apps are served", place, message)
+            LOAD_ERRORS.append((str(path), place, message))
+            continue
+        loaded.append(register_app(getattr(module, "app", None) or hooks.App(path.stem), module, before))
+    return loaded
+
+
+def _error_location(exc, path):
+    """(`file:line`, message) of an error raised while importing the file at `path`."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}", f"SyntaxError: {exc.msg}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    inside = [frame for frame in frames if Path(frame.filename) == path] or frames[-1:]
+    line = inside[-1].lineno if inside else "?"
+    return f"{path}:{line}", f"{type(exc).__name__}: {exc}"
+
+
+def _forget_functions(names):
+    """Remove functions a half-loaded file registered before it failed."""
+    for name in names:
+        function = FUNCTIONS.pop(name)
+        function.wrapper.unregister()
 
 
 def load_file(path):
@@ -976,7 +1024,11 @@ def load_file(path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 

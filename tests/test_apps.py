@@ -133,12 +133,62 @@ def test_ready_is_degraded_while_a_consumer_loaded_other_apps(anonymous):
         ("from litejobs import task\n\n@task()\ndef later(delay: int):\n    return 1\n", "reserved by huey"),
     ],
 )
-def test_a_clash_with_an_existing_name_or_a_huey_option_stops_the_start(tmp_path, source, says):
+@pytest.mark.parametrize("env", ["development", "production"])
+def test_a_clash_with_an_existing_name_or_a_huey_option_stops_the_start(tmp_path, source, says, env):
     (tmp_path / "functions").mkdir()
     (tmp_path / "functions" / "mine.py").write_text(source)
-    env = cli_env(tmp_path, FUNCTIONS_DIR=str(tmp_path / "functions"))
-    result = subprocess.run([sys.executable, "web.py", "create-key", "x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = start_command(tmp_path, ENV=env)
     assert result.returncode != 0
     assert says in result.stderr and str(tmp_path / "functions" / "mine.py") + ":3" in result.stderr
+    assert "Traceback" not in result.stderr
     if "twice" in says:
         assert "jobs.py:" in result.stderr  # the other place
+
+
+BROKEN = {
+    "syntax.py": ("from litejobs import task\n\ndef oops(:\n    pass\n", "syntax.py:3", "SyntaxError"),
+    "missing.py": ("from litejobs import task\nimport no_such_module_here\n", "missing.py:2", "ModuleNotFoundError"),
+    "raises.py": ("from litejobs import task\n\n\nraise RuntimeError('no config')\n", "raises.py:4", "RuntimeError: no config"),
+}
+
+
+def start_command(tmp_path, **env):
+    """`web.py create-key` (which loads every app, as a start does) with FUNCTIONS_DIR in tmp_path."""
+    env = cli_env(tmp_path, FUNCTIONS_DIR=str(tmp_path / "functions"), SECRET_KEY="s" * 40, **env)
+    return subprocess.run(
+        [sys.executable, "web.py", "create-key", "x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_functions_file_in_development_is_logged_and_the_rest_starts(tmp_path, name):
+    source, place, message = BROKEN[name]
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / name).write_text(source)
+    (tmp_path / "functions" / "shop.py").write_text(SHOP)
+    result = start_command(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert place in result.stderr and message in result.stderr and "did not load" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_functions_file_in_production_refuses_to_start_naming_file_and_line(tmp_path, name):
+    source, place, message = BROKEN[name]
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / name).write_text(source)
+    result = start_command(tmp_path, ENV="production")
+    assert result.returncode != 0
+    assert f"cannot start: {tmp_path / 'functions' / name}" in result.stderr
+    assert place in result.stderr and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_broken_functions_file_leaves_the_others_serving(running, tmp_path):
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    (functions / "shop.py").write_text(SHOP)
+    (functions / "syntax.py").write_text(BROKEN["syntax.py"][0])
+    app = running(FUNCTIONS_DIR=str(functions))
+    reply = app.client.post("/api/v1/jobs/send_receipt?wait=10", {"order_id": 7})
+    assert reply.status == 200 and reply.json["status"] == "succeeded", reply.body
+    assert "syntax.py:3" in app.log("web") and "syntax.py:3" in app.log("consumer")

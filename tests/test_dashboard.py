@@ -634,3 +634,21 @@ def test_courses_page_shows_lessons_progress_and_certificate(logged_in, user):
 def test_courses_page_when_there_are_none(logged_in):
     page = logged_in.get("/courses").text
     assert "No courses yet" in page and "No enrollments yet" in page
+
+
+@pytest.fixture
+def broken_functions(tmp_path):
+    """A functions folder whose one file has a syntax error, loaded as a start loads it."""
+    folder = tmp_path / "functions"
+    folder.mkdir()
+    (folder / "syntax.py").write_text("from litejobs import task\n\ndef oops(:\n    pass\n")
+    known = len(jobs.LOAD_ERRORS)
+    assert jobs.load_functions(folder) == []
+    yield folder / "syntax.py"
+    del jobs.LOAD_ERRORS[known:]
+
+
+def test_functions_that_did_not_load_are_shown_on_every_page(logged_in, broken_functions):
+    for path in ("/", "/run", "/jobs"):
+        page = logged_in.get(path).text
+        assert "did not load" in page and f"{broken_functions}:3" in page and "SyntaxError" in page, path

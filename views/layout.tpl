@@ -25,6 +25,16 @@
   % end
 </header>
 <main>
+% if user and load_errors:
+<div class="flash error" role="alert" id="load-errors">
+  <strong>Some of your functions did not load</strong> (the rest is running):
+  <ul>
+  % for _, place, message in load_errors:
+    <li><code>{{place}}</code>: {{message}}</li>
+  % end
+  </ul>
+</div>
+% end
 {{!base}}
 </main>
 </body>
