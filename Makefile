@@ -15,8 +15,9 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
+# --reload: a saved file of an app or of functions/ restarts the server (after running jobs finish).
 run: $(VENV)/.installed
-	$(PY) web.py run
+	$(PY) web.py run --reload
 
 consumer: $(VENV)/.installed
 	$(VENV)/bin/huey_consumer jobs.huey -w 4

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import sys
+from pathlib import Path
 
 from bottle import BaseRequest, Bottle, HTTPResponse, request, response
 from peewee import PeeweeException
@@ -25,6 +26,7 @@ import jobs
 import metrics
 import models
 import openapi
+import reloader
 import schedules
 import schema
 import settings
@@ -356,8 +358,11 @@ def prepare():
         sys.exit(f"litejobs: cannot start: {type(exc).__name__}: {exc} (check DATA_DIR, DATABASE_URL and QUEUE_URL)")
 
 
-def serve(with_consumer=True):
-    """Serve the app with gevent, with an embedded consumer unless told otherwise."""
+def serve(with_consumer=True, stop_on_stdin_eof=False):
+    """Serve the app with gevent, with an embedded consumer unless told otherwise.
+
+    `stop_on_stdin_eof`: stop gracefully when stdin closes (reloader.py's child).
+    """
     import signal
 
     import gevent
@@ -392,6 +397,14 @@ def serve(with_consumer=True):
         gevent.signal_handler(signal.SIGINT, stop)
     else:
         signal.signal(signal.SIGINT, stop)
+    if stop_on_stdin_eof:
+
+        def stop_at_eof():
+            # A real thread does the blocking read, so the server's greenlets go on meanwhile.
+            gevent.get_hub().threadpool.spawn(sys.stdin.buffer.read).get()
+            stop()
+
+        gevent.spawn(stop_at_eof)
     logger.info("litejobs serving on http://%s:%s (consumer: %s)", settings.HOST, settings.PORT, bool(consumer))
     server.serve_forever()
     try:
@@ -421,6 +434,8 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve the web app (and a consumer)")
     run.add_argument("--no-consumer", action="store_true", help="serve only; run huey_consumer jobs.huey apart")
+    run.add_argument("--reload", action="store_true", help="restart when a file of an app or FUNCTIONS_DIR changes")
+    run.add_argument("--stop-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)  # --reload's child
     key = commands.add_parser("create-key", help="create an API key and print it")
     key.add_argument("name")
     user = commands.add_parser("create-user", help="create a dashboard user")
@@ -435,8 +450,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     setup_logging()
 
-    if args.command == "run":
-        serve(with_consumer=not args.no_consumer)
+    if args.command == "run" and args.reload:
+        command = [sys.executable, str(settings.BASE_DIR / "web.py"), "run", "--stop-on-stdin-eof"]
+        command += ["--no-consumer"] if args.no_consumer else []
+        folders = {settings.BASE_DIR / "apps", settings.FUNCTIONS_DIR}
+        folders |= {Path(loaded.source.__file__).parent for loaded in jobs.loaded_apps() if loaded.source}
+        folders = {f for f in folders if not any(other in f.parents for other in folders)}  # no folder twice
+        logger.info("reloading on changes under %s", ", ".join(sorted(map(str, folders))))
+        sys.exit(reloader.run(command, sorted(folders), timeout=settings.SHUTDOWN_TIMEOUT + 10))
+    elif args.command == "run":
+        serve(with_consumer=not args.no_consumer, stop_on_stdin_eof=args.stop_on_stdin_eof)
     elif args.command == "create-key":
         prepare()
         _, plain = ApiKey.create_key(args.name)

@@ -250,3 +250,16 @@ class Litejobs:
                 process.kill()
                 codes[name] = "hung"
         return codes
+
+
+def readme_example():
+    """The functions file of the README's "Write your own functions", exactly as a user pastes it."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Write your own functions") :]
+    block = section[section.index("`functions/shop.py`:\n\n") + len("`functions/shop.py`:\n\n") :]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip() + "\n"

@@ -3,35 +3,15 @@ a consumer without a job's function fails the job clearly, and web and consumers
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 import jobs
 import models
-from helpers import ROOT, Litejobs, assert_error, cli_env, wait_until
+from helpers import ROOT, Litejobs, assert_error, cli_env, readme_example, wait_until
 from models import Job
 
-# The README's "Write your own functions" example, as a user pastes it.
-SHOP = textwrap.dedent(
-    '''
-    from litejobs import task, schedule, progress, JobError   # the one documented import surface
-
-    @task(queue="emails", retries=3, public=True)
-    def send_receipt(order_id: int):
-        """Mail the receipt of one order."""
-        if order_id < 1:
-            raise JobError(f"no order {order_id}")
-        return {"order_id": order_id, "sent": True}
-
-    @task(queue="maintenance")
-    def close_stale_carts():
-        """Close carts nobody touched for a day."""
-        progress(1, 1, "closed")
-
-    schedule("close_stale_carts", "*/10 * * * *")
-    '''
-)
+SHOP = readme_example()  # the README's functions/shop.py, as a user pastes it
 
 
 @pytest.fixture
