@@ -510,9 +510,48 @@ DOCUMENT = {
 }
 
 
-def document(apps=()):
-    """A copy of the document with the paths of `apps` (hooks.App.openapi), safe to change."""
+def document(apps=(), functions=()):
+    """A copy of the document with the paths of `apps` (hooks.App.openapi) and a
+    POST /api/v1/jobs/<name> for each of `functions` (jobs.Function), safe to change."""
     doc = copy.deepcopy(DOCUMENT)
     for app in apps:
         doc["paths"].update(copy.deepcopy(app.openapi))
+    for function in functions:
+        doc["paths"][f"/api/v1/jobs/{function.name}"] = {"post": function_operation(function)}
     return doc
+
+
+ARGUMENT_TYPES = {
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "str": {"type": "string"},
+    "bool": {"type": "boolean"},
+    "list": {"type": "array"},
+    "dict": {"type": "object"},
+    "any": {},
+}
+
+
+def function_operation(function):
+    """The generic invoke operation, with this function's arguments as the body's schema."""
+    operation_ = copy.deepcopy(PATHS["/api/v1/jobs/{id}"]["post"])
+    properties, required = {}, []
+    for param in function.params:
+        spec = param.to_dict()
+        schema = dict(ARGUMENT_TYPES[spec["type"]])
+        if "minimum" in spec:
+            schema.update({k: v for k, v in (("minimum", spec["minimum"]), ("maximum", spec["maximum"])) if v is not None})
+        if "default" in spec:
+            schema["default"] = spec["default"]
+        properties[param.name] = nullable(schema) if param.nullable and schema else schema
+        if spec["required"]:
+            required.append(param.name)
+    body = obj(properties, required, description="keyword arguments")
+    body["additionalProperties"] = False
+    operation_.update(
+        operationId=f"invoke_{function.name}",
+        summary=(function.doc.splitlines() or [f"Call {function.name}"])[0],
+        requestBody=json_body(body),
+        description=f"Calls job function `{function.name}` (queue `{function.queue}`).",
+    )
+    return operation_

@@ -320,7 +320,7 @@ def metrics_page():
 @api("/api/v1/openapi.json", public=True)
 def openapi_document():
     """The OpenAPI 3 description of this API."""
-    return openapi.document(jobs.loaded_apps())
+    return openapi.document(jobs.loaded_apps(), jobs.public_functions())
 
 
 # The HTML dashboard (dashboard.py): its routes run under this app's hooks.
