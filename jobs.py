@@ -964,7 +964,15 @@ def load_apps(names=None, functions_dir=None):
         else:
             module_name = name
         before = set(FUNCTIONS)
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name.split(".")[0] and exc.name != module_name:
+                raise  # the app exists but imports something missing: its own traceback says what
+            raise SystemExit(
+                f"litejobs: cannot start: APPS names {name!r}, which is neither a built-in app "
+                f"({', '.join(settings.BUILTIN_APPS)}) nor a module on PYTHONPATH"
+            ) from None
         register_app(getattr(module, "app", None) or hooks.App(name), module, before)
     load_functions(Path(settings.FUNCTIONS_DIR if functions_dir is None else functions_dir))
     return loaded_apps()

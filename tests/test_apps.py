@@ -175,3 +175,17 @@ def test_a_broken_functions_file_leaves_the_others_serving(running, tmp_path):
     reply = app.client.post("/api/v1/jobs/send_receipt?wait=10", {"order_id": 7})
     assert reply.status == 200 and reply.json["status"] == "succeeded", reply.body
     assert "syntax.py:3" in app.log("web") and "syntax.py:3" in app.log("consumer")
+
+
+def test_apps_none_is_the_engine_alone_and_an_unknown_app_is_named(tmp_path):
+    (tmp_path / "functions").mkdir()
+    alone = start_command(tmp_path, APPS="none")
+    assert alone.returncode == 0, alone.stderr
+    env = cli_env(tmp_path, FUNCTIONS_DIR=str(tmp_path / "functions"), APPS="none")
+    status = subprocess.run(
+        [sys.executable, "web.py", "migrate", "--status"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and status.stdout.splitlines()[0].startswith("engine: version")
+    assert len(status.stdout.splitlines()) == 1, status.stdout  # no app
+    typo = start_command(tmp_path, APPS="orders,ordrs")
+    assert typo.returncode != 0 and "APPS names 'ordrs'" in typo.stderr and "Traceback" not in typo.stderr
