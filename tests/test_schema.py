@@ -15,7 +15,7 @@ import models
 import schema
 from helpers import ROOT, cli_env
 
-BEFORE_APPS = Path(__file__).parent / "data" / "schema_before_apps.sql"
+BEFORE_APPS = Path(__file__).parent / "fixtures" / "schema_before_apps.sql"
 
 
 def sample(declared):
