@@ -157,7 +157,12 @@ class Client:
             headers.setdefault("Content-Type", "application/json")
         conn = http.client.HTTPConnection(self.host, int(self.port), timeout=60)
         try:
-            conn.request(method, path, body=body, headers=headers)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # The server answered (a 413 before reading the body) and closed while the
+                # body was still going out; its answer may still be there to read.
+                pass
             reply = conn.getresponse()
             return Response(reply.status, dict(reply.getheaders()), reply.read())
         finally:
