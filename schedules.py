@@ -16,6 +16,7 @@ from huey import crontab
 from peewee import BooleanField, CharField, DateTimeField, IntegrityError
 
 import jobs
+import runs
 import settings
 from jobs import FUNCTIONS, Conflict, submit
 from models import BaseModel, Job, db, isoformat, utcnow
@@ -342,4 +343,11 @@ class Scheduler(huey_consumer.Scheduler):
         if minute <= self.last_minute:
             return []
         after, self.last_minute = self.last_minute, minute
-        return tick(minute, after)
+        try:
+            return tick(minute, after)
+        except Exception as exc:  # database or queue away: the next look covers these minutes again
+            self.last_minute = after
+            if runs.is_connection_error(exc):
+                runs.reset_connection()
+            runs.database_outage.failed(exc)
+            return []

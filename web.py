@@ -26,6 +26,7 @@ from peewee import IntegrityError, PeeweeException
 import analytics
 import courses
 import dashboard
+import health
 import jobs
 import limits
 import media
@@ -125,6 +126,8 @@ def api(path, method="GET", public=False):
                 return json_response(422, error_body("invalid_argument", str(exc), exc.field))
             except jobs.Conflict as exc:
                 return json_response(409, error_body("conflict", str(exc)))
+            except jobs.InsufficientStorage as exc:
+                return json_response(507, error_body("insufficient_storage", str(exc)))
             except (jobs.Unavailable, PeeweeException) as exc:
                 logger.warning("request %s: unavailable: %s", request_id(), exc)
                 return json_response(503, error_body("unavailable", str(exc)))
@@ -446,7 +449,8 @@ def list_workers():
     running = {}
     for job in Job.running_on([w.id for w in workers]):
         running.setdefault(job.consumer_id, []).append(job.id)
-    return {"workers": [w.to_dict(running.get(w.id, [])) for w in workers]}
+    now = models.db_now()  # alive by the database's clock, whatever the hosts' clocks say
+    return {"workers": [w.to_dict(running.get(w.id, []), now) for w in workers]}
 
 
 # -- Media and courses ------------------------------------------------------------
@@ -855,24 +859,9 @@ def health_live():
 
 @api("/health/ready", public=True)
 def health_ready():
-    """Database, queue and consumer checks: ok, degraded (no consumer) or down."""
-    checks = {}
-    for name, check in (("database", models.check_database), ("queue", jobs.check_queue)):
-        try:
-            check()
-            checks[name] = {"status": "ok"}
-        except Exception as exc:  # any driver error means "unreachable" here
-            checks[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
-    if checks["database"]["status"] == "ok":
-        alive = Worker.alive().count()
-        checks["consumer"] = {"status": "ok" if alive else "down", "alive": alive}
-        if not alive:
-            checks["consumer"]["error"] = f"no consumer heartbeat in the last {settings.HEARTBEAT_TIMEOUT:g} s"
-    else:
-        checks["consumer"] = {"status": "unknown", "error": "database unreachable"}
-    if any(checks[name]["status"] == "down" for name in ("database", "queue")):
-        return 503, {"status": "down", "checks": checks}
-    return {"status": "ok" if checks["consumer"]["status"] == "ok" else "degraded", "checks": checks}
+    """Database, queue, disk and consumer checks: ok, degraded (no consumer, nothing waiting) or down."""
+    status, checks = health.readiness()
+    return (503 if status == "down" else 200), {"status": status, "checks": checks}
 
 
 @api("/metrics", public=True)

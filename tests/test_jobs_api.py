@@ -442,7 +442,7 @@ def test_health_live_and_ready(anonymous, consumer):
     assert anonymous.get("/health/live").json == {"status": "ok"}
     ready = anonymous.get("/health/ready")
     assert ready.status == 200 and ready.json["status"] == "ok"
-    assert set(ready.json["checks"]) == {"database", "queue", "consumer"}
+    assert set(ready.json["checks"]) == {"database", "queue", "disk", "consumer"}
 
 
 def test_ready_is_degraded_without_consumer(anonymous):
