@@ -84,6 +84,15 @@ class LitejobsHuey(Huey):
         if data is not None:
             return self.deserialize_task(data)
 
+    def read_schedule(self, timestamp=None):
+        # A message coming out of the schedule was recorded when first enqueued:
+        # enqueued again, it must not bring back a row removed meanwhile (an
+        # enqueue answered with an error, see submit).
+        tasks = super().read_schedule(timestamp)
+        for message in tasks:
+            message.recorded = True
+        return tasks
+
     def delete(self, key):
         if key.startswith("r:"):  # a job's revoke flag (huey's Task.revoke_id): never set
             return False
@@ -510,16 +519,21 @@ def progress(done, total=None, message=None):
     if job_id is None:
         return
     claim = getattr(_current, "claim", None)
-    try:
+
+    def write():
         held = Job.set_progress(job_id, done, total, message, claim=claim)
+        return held, held and Job.select(Job.cancel_requested).where(Job.id == job_id).scalar()
+
+    try:
+        held, canceled = write()
     except PeeweeException as exc:
         if not runs.is_connection_error(exc):
             raise
         runs.reset_connection()  # one more try on a new connection
-        held = Job.set_progress(job_id, done, total, message, claim=claim)
+        held, canceled = write()
     if not held:
         raise runs.ClaimLost(f"job {job_id}: another run took it over (or it was canceled); this run stops")
-    if Job.select(Job.cancel_requested).where(Job.id == job_id).scalar():
+    if canceled:
         raise CancelExecution("canceled while running", retry=False)
     _current.task.check_timeout()
 

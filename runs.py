@@ -132,8 +132,13 @@ class HeldRuns:
 
     def _keep(self):
         pid = os.getpid()
+        last = time.monotonic()
         while self._keeper_pid == pid:
-            time.sleep(settings.HEARTBEAT_INTERVAL)
+            # Naps of at most half a second, so a changed HEARTBEAT_INTERVAL takes effect at once.
+            time.sleep(min(settings.HEARTBEAT_INTERVAL, 0.5))
+            if not self._runs or time.monotonic() < last + settings.HEARTBEAT_INTERVAL:
+                continue
+            last = time.monotonic()
             try:
                 with db.connection_context():
                     self.renew()
