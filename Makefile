@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test consumer bench bench-orders clean
+.PHONY: run test faults consumer bench bench-orders clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt
@@ -23,6 +23,10 @@ consumer: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
+
+# The fault suite alone (make test runs it too): Redis, PostgreSQL, consumers and a disk failing.
+faults: $(VENV)/.installed-test
+	$(PY) -m pytest -m faults
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py

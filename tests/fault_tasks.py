@@ -25,10 +25,11 @@ def _probe_line(text):
         os.close(fd)
 
 
-@task(public=True)
+@task(public=True, retries=5, retry_delay=0.3)
 def probe(n: int, seconds: float = 0.02):
     """Append "start n" to probe.log, sleep reporting progress, then "end n" — unless
-    progress() stopped the run because it lost its claim."""
+    progress() stopped the run because it lost its claim (or could not reach the
+    database: then it is retried)."""
     _probe_line(f"start {n}")
     steps = max(1, round(seconds / 0.05))
     for step in range(steps):
