@@ -720,8 +720,12 @@ def _record_expired(signal_name, message):
 @huey.signal(signals.SIGNAL_INTERRUPTED)
 def _requeue_interrupted(signal_name, message):
     """A job cut short by a stop runs again at once instead of being lost."""
+    claim = runs.held.claim_of(message.id)  # only while this process still holds the job
+    held = (Job.id == message.id) & (Job.status == "running")
+    if claim is not None:
+        held &= Job.claim == claim
     Job.update(status="queued", worker=None, consumer_id=None, claim=None, error="interrupted by a consumer stop").where(
-        (Job.id == message.id) & (Job.status == "running")
+        held
     ).execute()
     runs.held.release(message.id)
     message.recorded = True

@@ -121,6 +121,10 @@ class HeldRuns:
     def holds(self, job_id):
         return job_id in self._runs
 
+    def claim_of(self, job_id):
+        run = self._runs.get(job_id)
+        return run[0] if run else None
+
     def claims(self):
         """{job id: claim} of the runs whose thread is still alive."""
         with self._lock:

@@ -406,6 +406,9 @@ def test_small_disk_holds_a_thousand_jobs_and_a_full_one_refuses_then_recovers(t
         assert client.get("/health/ready").json["checks"]["disk"]["status"] == "ok"
     finally:
         stop(consumer)
+        import web
+
+        web.key_calls.flush()  # before the disk goes away with the database on it
         models.db.obj.close_all()
         jobs.huey.storage.close()
     assert_each_ran_once(small_disk, ids + running + [again.json["id"]], [*range(1004), 3000], refused=[2000])
