@@ -940,10 +940,11 @@ class Consumer(huey_consumer.Consumer):
         try:
             reap()
             disk.checkpoint_all(huey.storage)
-        except Exception as exc:  # the queue or the database went away in between: next beat tries again
-            if runs.is_connection_error(exc):
-                runs.reset_connection()
-            logger.warning("heartbeat: recovery check failed: %s: %s", type(exc).__name__, exc)
+        except PeeweeException as exc:  # the database went away in between: the next beat tries again
+            runs.reset_connection()
+            runs.database_outage.failed(exc)
+        except Exception as exc:  # any queue driver error: logged once per outage, as the workers do
+            runs.queue_outage.failed(exc)
 
     def loop(self, health_check_ts=None):
         health_check_ts = super().loop(health_check_ts)
