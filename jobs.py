@@ -88,7 +88,11 @@ class LitejobsHuey(Huey):
         # A message coming out of the schedule was recorded when first enqueued:
         # enqueued again, it must not bring back a row removed meanwhile (an
         # enqueue answered with an error, see submit).
-        tasks = super().read_schedule(timestamp)
+        try:
+            tasks = super().read_schedule(timestamp)
+        except Exception as exc:  # any driver error: the scheduler looks again next second
+            runs.queue_outage.failed(exc)
+            return []
         for message in tasks:
             message.recorded = True
         return tasks

@@ -412,3 +412,23 @@ def test_small_disk_holds_a_thousand_jobs_and_a_full_one_refuses_then_recovers(t
         models.db.obj.close_all()
         jobs.huey.storage.close()
     assert_each_ran_once(small_disk, ids + running + [again.json["id"]], [*range(1004), 3000], refused=[2000])
+
+
+def test_redis_down_is_logged_once_and_the_consumer_picks_up_again_when_it_is_back(tmp_path, own_redis):
+    jobs.use_queue(own_redis.url)
+    consumer = start_consumer(tmp_path, "-w", "4", queue_url=own_redis.url)
+    try:
+        first = jobs.submit("probe", {"n": 1})[0].id
+        wait_until(lambda: statuses([first])["succeeded"] == 1, timeout=20, message="a job ran")
+        own_redis.kill()
+        time.sleep(3)  # four workers and a heartbeat find the queue gone, again and again
+        own_redis.start()  # empty: the job sent now is the only message
+        jobs.use_queue(own_redis.url)
+        after = jobs.submit("probe", {"n": 2})[0].id
+        wait_until(lambda: statuses([after])["succeeded"] == 1, timeout=20, message="the consumer reconnected")
+    finally:
+        stop(consumer)
+    log = "".join(path.read_text() for path in tmp_path.glob("consumer-*.log"))
+    assert log.count("Traceback") == 0, log[-3000:]
+    assert log.count("queue storage unavailable") == 1 and log.count("queue storage available again") == 1, log[-3000:]
+    assert_each_ran_once(tmp_path, [first, after], [1, 2])
