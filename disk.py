@@ -32,17 +32,24 @@ def reserve_bytes(total):
     return total * percent / 100 if percent is not None else size
 
 
+_folders = {}  # (DATA_DIR, database) -> folders: resolving paths costs more than the check
+
+
 def watched_folders():
     """The folders whose disks hold litejobs' files: DATA_DIR and the app database's, if SQLite."""
-    folders = {Path(settings.DATA_DIR)}
-    if isinstance(db.obj, SqliteDatabase):
-        folders.add(Path(db.obj.database).resolve().parent)
-    return folders
+    key = (settings.DATA_DIR, db.obj)
+    if key not in _folders:
+        folders = {Path(settings.DATA_DIR)}
+        if isinstance(db.obj, SqliteDatabase):
+            folders.add(Path(db.obj.database).resolve().parent)
+        _folders.clear()
+        _folders[key] = sorted(folders)
+    return _folders[key]
 
 
 def short_of_space():
     """A message naming the first disk under its reserve, or None."""
-    for folder in sorted(watched_folders()):
+    for folder in watched_folders():
         try:
             usage = shutil.disk_usage(folder)
         except OSError:  # the folder is gone: the database check reports that

@@ -784,7 +784,12 @@ class Job(BaseModel):
         for job_id in job_ids:
             by_status.setdefault(statuses[job_id], []).append(job_id)
         for status, ids in by_status.items():
-            for chunk in chunked(ids, 500):
+            if len(ids) == 1:  # every single enqueue: the row count says it all
+                if cls._run('UPDATE "job" SET "status" = {p} WHERE "id" = {p} AND "status" = {p}', (status, ids[0], "pending")):
+                    confirmed.append(ids[0])
+                continue
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
                 sql = 'UPDATE "job" SET "status" = {p} WHERE "status" = {p} AND "id" IN ({ids}) RETURNING "id"'
                 sql = sql.format(p=db.param, ids=", ".join([db.param] * len(chunk)))
                 confirmed.extend(row[0] for row in db.execute_sql(sql, (status, "pending", *chunk)).fetchall())
@@ -793,8 +798,9 @@ class Job(BaseModel):
     @classmethod
     def forget_pending(cls, job_ids):
         """Delete rows still `pending`: their enqueue failed and was answered with an error."""
-        for chunk in chunked(list(job_ids), 500):
-            cls.delete().where(cls.id.in_(chunk) & (cls.status == "pending")).execute()
+        job_ids = list(job_ids)
+        for start in range(0, len(job_ids), 500):
+            cls.delete().where(cls.id.in_(job_ids[start : start + 500]) & (cls.status == "pending")).execute()
 
     @classmethod
     def _held(cls, job_id, claim):
