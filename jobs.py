@@ -593,7 +593,8 @@ def _record_running(message):
         except Exception as exc:  # huey would log any other exception and run the job unclaimed
             if runs.is_connection_error(exc):
                 runs.reset_connection()
-            runs.database_outage.failed(exc)
+            # A pause growing to a few seconds: workers do not spin through the queue while the database is away.
+            time.sleep(runs.database_outage.failed(exc))
             _defer(message)
             raise CancelExecution(f"could not record the start: {exc}; the message goes back", retry=False) from None
         runs.database_outage.ok()
@@ -629,6 +630,16 @@ def _not_claimed(message, row, limits):
         _wait_for_slot(message, limits)
     raise CancelExecution(f"job is {row.status} and could not be claimed", retry=False)
 
+
+class _QuietClaims(logging.Filter):
+    """Drops huey's warning for each message _record_running declines: a deferred
+    message is routine, and the other cases log a line of their own."""
+
+    def filter(self, record):
+        return "cancelled by _record_running" not in record.getMessage()
+
+
+logging.getLogger("huey").addFilter(_QuietClaims())
 
 DEFER_SECONDS = 1.0
 CLAIM_PAUSES = (0.002, 0.01, 0.05, 0)  # seconds between tries of a claim that waits on its enqueue
