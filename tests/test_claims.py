@@ -278,3 +278,22 @@ def test_queue_outage_is_logged_once_when_it_starts_and_once_when_it_ends(caplog
     assert len(lines) == 2, lines
     assert "unavailable" in lines[0] and "available again" in lines[1]
     assert slept >= 0.01 + 0.02 + 0.04 + 17 * 0.05 - 0.05, "the pauses grow to their longest"
+
+
+def test_a_run_whose_thread_is_gone_stops_being_renewed_and_is_recovered(monkeypatch):
+    Worker.create(id="live", host="h", pid=1, kind="thread", concurrency=1)
+    Worker.beat("live")
+    job = jobs.enqueue("ping")
+    jobs.huey.dequeue()
+    claim = Job.mark_running(job.id, "live:1:t", "live", lease_seconds=0.3)
+    thread = threading.Thread(target=runs.held.hold, args=(job.id, claim))
+    thread.start()
+    thread.join()  # the thread that held the run died without an outcome
+    try:
+        assert runs.held.holds(job.id) and job.id not in runs.held.claims()
+        time.sleep(0.4)
+        runs.held.renew()
+        assert jobs.reap() == 1
+    finally:
+        runs.held.release(job.id)
+    assert Job.get_by_id(job.id).status == "queued"

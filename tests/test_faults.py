@@ -80,6 +80,19 @@ def test_process_workers_run_jobs_each_in_its_own_process(tmp_path):
     assert str(consumer.pid) not in pids and 1 <= len(pids) <= 2
 
 
+def test_process_workers_renew_the_leases_of_long_runs(tmp_path):
+    """Each forked worker keeps its own runs' leases: a run longer than HEARTBEAT_TIMEOUT is not taken from it."""
+    ids = [jobs.submit("probe", {"n": n, "seconds": 3.0})[0].id for n in range(2)]
+    consumer = start_consumer(tmp_path, "-k", "process", "-w", "2")
+    try:
+        wait_until(lambda: statuses(ids)["succeeded"] == 2, timeout=30, message="both finished")
+    finally:
+        assert stop(consumer) == 0
+    assert_each_ran_once(tmp_path, ids, range(2))
+    assert [job.recoveries for job in Job.select().where(Job.id.in_(ids))] == [0, 0]
+    assert probe_log(tmp_path)["start 0"] == probe_log(tmp_path)["start 1"] == 1
+
+
 def test_sigkill_mid_batch_loses_nothing(tmp_path):
     ids = [jobs.submit("record_run", {"n": n})[0].id for n in range(200)]
     first = start_consumer(tmp_path, "-w", "4")
