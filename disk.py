@@ -1,6 +1,6 @@
 """litejobs disk: the free space kept on the data disk, and write-ahead logs kept small.
 
-An enqueue is refused with 507 while the disk holding the SQLite files (and
+An enqueue is refused (jobs.InsufficientStorage, 507) while the disk holding the SQLite files (and
 DATA_DIR) has less free space than DISK_RESERVE, before SQLite itself fails on
 a full disk; it clears by itself once space is back. Each SQLite file's WAL
 is checkpointed at a size fitted to its disk (models.wal_pages) and by every
@@ -18,10 +18,6 @@ from models import checkpoint, db
 
 DEFAULT_RESERVE_PERCENT = 5.0
 DEFAULT_RESERVE_CAP = 50 * 1024 * 1024
-
-
-class InsufficientStorage(Exception):
-    """The data disk has less free space than DISK_RESERVE; nothing was written."""
 
 
 def reserve_bytes(total):
@@ -61,13 +57,6 @@ def short_of_space():
                 f"({reserve / 2**20:.1f} MB): enqueues are refused until space is freed"
             )
     return None
-
-
-def check_reserve():
-    """Raise InsufficientStorage while a data disk is under DISK_RESERVE."""
-    problem = short_of_space()
-    if problem:
-        raise InsufficientStorage(problem)
 
 
 def checkpoint_all(queue_storage):

@@ -30,7 +30,6 @@ from peewee import IntegrityError, PeeweeException
 import disk
 import runs
 import settings
-from disk import InsufficientStorage  # noqa: F401 - web.py answers it with 507
 from models import TERMINAL, WAITING, Job, Worker, close_all_connections, create_tables, db_time, utcnow, wal_pages
 from models import ApiKey, LoginFailure, Token, User, bulk_insert, checkpoint, db, isoformat
 
@@ -55,6 +54,17 @@ class Conflict(Exception):
 
 class Unavailable(Exception):
     """The database or the queue storage cannot be reached; nothing was written."""
+
+
+class InsufficientStorage(Unavailable):
+    """The data disk has less free space than DISK_RESERVE; nothing was written (507)."""
+
+
+def check_disk():
+    """Raise InsufficientStorage while a data disk is under DISK_RESERVE."""
+    problem = disk.short_of_space()
+    if problem:
+        raise InsufficientStorage(problem)
 
 
 # -- The Huey instance ----------------------------------------------------------
@@ -368,7 +378,7 @@ def submit(
     if priority is None:
         priority = function.priority
     status = "scheduled" if eta and eta > utcnow() else "queued"
-    disk.check_reserve()
+    check_disk()
     try:
         job = None
         if idempotency_key is not None:
@@ -452,7 +462,7 @@ def submit_many(name, calls):
     the queue fails part-way, the rows whose message was not written are removed.
     """
     function = FUNCTIONS[name]
-    disk.check_reserve()
+    check_disk()
     now = utcnow()
     rows = [(str(uuid.uuid4()), name, json.dumps(args), "pending", function.queue, function.priority, now) for args in calls]
     with db.atomic():
