@@ -21,6 +21,7 @@ import types
 import typing
 import uuid
 
+from huey import api as huey_api
 from huey import consumer as huey_consumer
 from huey import Huey, signals
 from huey.exceptions import CancelExecution, TaskTimeout
@@ -81,6 +82,15 @@ class LitejobsHuey(Huey):
     # tenth of a job's cost on Redis and PostgreSQL (bench/, issue 7).
     def is_revoked(self, task, timestamp=None, peek=True):
         return False
+
+    def enqueue(self, task):
+        # A plain task() call is recorded `pending` by _record_enqueued before the
+        # push and confirmed here after it, as submit() does: a failed push never runs.
+        unrecorded = isinstance(task, huey_api.Task) and not getattr(task, "recorded", False)
+        result = super().enqueue(task)
+        if unrecorded:
+            Job.confirm([task.id], {task.id: "queued"})
+        return result
 
     def dequeue(self):
         """huey's dequeue, but a queue that cannot be read answers None after a pause
@@ -566,14 +576,16 @@ def _worker_name():
 
 @huey.signal(signals.SIGNAL_ENQUEUED)
 def _record_enqueued(signal_name, message):
-    """Record calls that did not come through submit(): periodic ticks, plain task() calls."""
+    """Record calls that did not come through submit(): periodic ticks, plain task() calls.
+
+    Written `pending` before the push; LitejobsHuey.enqueue confirms it after."""
     if getattr(message, "recorded", False):
         return
     Job.insert(
         id=message.id,
         name=message.name,
         args=json.dumps(message.kwargs, default=str),
-        status="queued",
+        status="pending",
         queue=FUNCTIONS[message.name].queue if message.name in FUNCTIONS else "default",
         priority=message.priority or 0,
     ).on_conflict_ignore().execute()

@@ -297,3 +297,24 @@ def test_a_run_whose_thread_is_gone_stops_being_renewed_and_is_recovered(monkeyp
     finally:
         runs.held.release(job.id)
     assert Job.get_by_id(job.id).status == "queued"
+
+
+def test_plain_task_call_runs_only_once_its_push_is_confirmed(monkeypatch, tmp_path):
+    monkeypatch.setattr(jobs, "CLAIM_PAUSES", (0.001,))
+    fault_tasks.probe(n=1)  # a huey call, not through submit()
+    assert [job.status for job in Job.select()] == ["queued"]
+    storage = jobs.huey.storage
+    real = storage.enqueue
+
+    def push_then_time_out(data, priority=None):
+        real(data, priority)
+        raise TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(storage, "enqueue", push_then_time_out)
+    with pytest.raises(TimeoutError):
+        fault_tasks.probe(n=2)
+    monkeypatch.setattr(storage, "enqueue", real)
+    for _ in range(2):
+        jobs.huey.execute(jobs.huey.dequeue())
+    assert probe_lines(tmp_path) == ["start 1", "end 1"]
+    assert Job.select().where(Job.status == "pending").count() == 1  # removed by the reaper in time
