@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast lint consumer bench bench-orders clean
+.PHONY: run test test-fast faults lint consumer bench bench-orders clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt
@@ -31,6 +31,9 @@ test-fast: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
+# The fault suite alone (make test runs it too): Redis, PostgreSQL, consumers and a disk failing.
+faults: $(VENV)/.installed-test
+	$(PY) -m pytest -m faults
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/run.py

@@ -114,6 +114,8 @@ def _decorator(app, path, method, public):
                 return json_response(422, error_body("invalid_argument", str(exc), exc.field))
             except jobs.Conflict as exc:
                 return json_response(409, error_body("conflict", str(exc)))
+            except jobs.InsufficientStorage as exc:
+                return json_response(507, error_body("insufficient_storage", str(exc)))
             except (jobs.Unavailable, PeeweeException) as exc:
                 logger.warning("request %s: unavailable: %s", request_id(), exc)
                 return json_response(503, error_body("unavailable", str(exc)))

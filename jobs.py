@@ -25,6 +25,7 @@ import typing
 import uuid
 from pathlib import Path
 
+from huey import api as huey_api
 from huey import consumer as huey_consumer
 from huey import Huey, signals
 from huey.api import Task
@@ -33,9 +34,11 @@ from huey.exceptions import CancelExecution, TaskTimeout
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
+import disk
 import hooks
+import runs
 import settings
-from models import TERMINAL, WAITING, WAL_CHECKPOINT_PAGES, Job, Worker, close_all_connections, create_tables, utcnow
+from models import TERMINAL, WAITING, Job, Worker, close_all_connections, create_tables, db_time, utcnow, wal_pages
 from models import ScheduleRun, User, bulk_insert, checkpoint, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
@@ -63,6 +66,17 @@ class DefinitionError(TypeError):
 
 class Unavailable(Exception):
     """The database or the queue storage cannot be reached; nothing was written."""
+
+
+class InsufficientStorage(Unavailable):
+    """The data disk has less free space than DISK_RESERVE; nothing was written (507)."""
+
+
+def check_disk():
+    """Raise InsufficientStorage while a data disk is under DISK_RESERVE."""
+    problem = disk.short_of_space()
+    if problem:
+        raise InsufficientStorage(problem)
 
 
 # -- The Huey instance ----------------------------------------------------------
@@ -110,6 +124,40 @@ class LitejobsHuey(Huey):
     def is_revoked(self, task, timestamp=None, peek=True):
         return False
 
+    def enqueue(self, task):
+        # A plain task() call is recorded `pending` by _record_enqueued before the
+        # push and confirmed here after it, as submit() does: a failed push never runs.
+        unrecorded = isinstance(task, huey_api.Task) and not getattr(task, "recorded", False)
+        result = super().enqueue(task)
+        if unrecorded:
+            Job.confirm([task.id], {task.id: "queued"})
+        return result
+
+    def dequeue(self):
+        """huey's dequeue, but a queue that cannot be read answers None after a pause
+        that grows to a few seconds, logged once per outage (runs.Outage)."""
+        try:
+            data = self.storage.dequeue()
+        except Exception as exc:  # any driver error: the storage is away
+            time.sleep(runs.queue_outage.failed(exc))
+            return None
+        runs.queue_outage.ok()
+        if data is not None:
+            return self.deserialize_task(data)
+
+    def read_schedule(self, timestamp=None):
+        # A message coming out of the schedule was recorded when first enqueued:
+        # enqueued again, it must not bring back a row removed meanwhile (an
+        # enqueue answered with an error, see submit).
+        try:
+            tasks = super().read_schedule(timestamp)
+        except Exception as exc:  # any driver error: the scheduler looks again next second
+            runs.queue_outage.failed(exc)
+            return []
+        for message in tasks:
+            message.recorded = True
+        return tasks
+
     def delete(self, key):
         if key.startswith("r:"):  # a job's revoke flag (huey's Task.revoke_id): never set
             return False
@@ -124,7 +172,7 @@ class LitejobsHuey(Huey):
 
 
 class QueueStorage(SqliteStorage):
-    """huey's SQLite storage with `synchronous=NORMAL` and WAL_CHECKPOINT_PAGES, as the app database has.
+    """huey's SQLite storage with `synchronous=NORMAL` and the WAL size of the app database (models.wal_pages).
 
     With WAL this survives a crash of any process; only a power cut can undo
     the last commits, and then the reaper's requeue_lost() enqueues again a job
@@ -135,7 +183,9 @@ class QueueStorage(SqliteStorage):
     def _create_connection(self):
         conn = super()._create_connection()
         conn.execute("pragma synchronous=normal")
-        conn.execute(f"pragma wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        pages = wal_pages(self.filename)
+        conn.execute(f"pragma wal_autocheckpoint={pages}")
+        conn.execute(f"pragma journal_size_limit={pages * 4096}")
         return conn
 
 
@@ -379,8 +429,12 @@ def submit(
 ):
     """Record and enqueue a call of function `name`; returns (job, created).
 
-    The row is written first and the message second; if the message cannot be
-    written the row is removed again, so a failure leaves nothing behind.
+    The row is written `pending`, the message pushed, and the row then
+    confirmed `queued` (or `scheduled`). A consumer runs no pending job, so
+    when the push fails — or times out, and a hung queue runs it later — the
+    answer is an error and the job never runs; the row is removed, or by the
+    reaper if that fails too. A retry with the same idempotency key takes over
+    a row left pending and pushes again: one job whatever happened before.
     """
     function = FUNCTIONS[name]
     args = args or {}
@@ -389,23 +443,29 @@ def submit(
         eta = utcnow() + datetime.timedelta(seconds=delay)
     if priority is None:
         priority = function.priority
+    status = "scheduled" if eta and eta > utcnow() else "queued"
+    check_disk()
     try:
+        job = None
         if idempotency_key is not None:
-            existing = Job.by_idempotency_key(api_key_id, name, idempotency_key)
-            if existing is not None:
-                return _same_call(existing, kwargs), False
-        job = Job.record(
-            id=str(uuid.uuid4()),
-            name=name,
-            args=json.dumps(kwargs),
-            status="scheduled" if eta and eta > utcnow() else "queued",
-            queue=function.queue,
-            priority=priority,
-            scheduled_for=eta,
-            parent_id=parent_id,
-            api_key_id=api_key_id,
-            idempotency_key=idempotency_key,
-        )
+            job = Job.by_idempotency_key(api_key_id, name, idempotency_key)
+            if job is not None and job.status != "pending":
+                return _same_call(job, kwargs), False
+            if job is not None:
+                _same_call(job, kwargs)
+        if job is None:
+            job = Job.record(
+                id=str(uuid.uuid4()),
+                name=name,
+                args=json.dumps(kwargs),
+                status="pending",
+                queue=function.queue,
+                priority=priority,
+                scheduled_for=eta,
+                parent_id=parent_id,
+                api_key_id=api_key_id,
+                idempotency_key=idempotency_key,
+            )
     except IntegrityError:
         # Another request with the same idempotency key won the race.
         return _same_call(Job.by_idempotency_key(api_key_id, name, idempotency_key), kwargs), False
@@ -414,9 +474,29 @@ def submit(
     try:
         _enqueue(function, job.id, kwargs, eta, priority)
     except Exception as exc:
-        Job.delete_by_id(job.id)
+        _forget_pending([job.id])
         raise Unavailable(f"queue storage unavailable: {exc}") from exc
+    try:
+        confirmed = Job.confirm([job.id], {job.id: status})
+    except PeeweeException as exc:
+        _forget_pending([job.id])
+        raise Unavailable(f"database unavailable: {exc}") from exc
+    if not confirmed:
+        # The reaper removed the row as abandoned, or a retry with the same key confirmed it.
+        job = Job.get_or_none(Job.id == job.id)
+        if job is None or job.status == "pending":
+            raise Unavailable("queue storage too slow: the job was not enqueued")
+        return job, False
+    job.status = status
     return job, True
+
+
+def _forget_pending(job_ids):
+    """Remove the rows of a failed enqueue; if that fails too, the reaper removes them later."""
+    try:
+        Job.forget_pending(job_ids)
+    except PeeweeException as exc:
+        logger.warning("could not remove %d unconfirmed job rows (%s); the reaper will", len(job_ids), exc)
 
 
 def _same_call(job, kwargs):
@@ -448,17 +528,22 @@ def submit_many(name, calls):
     the queue fails part-way, the rows whose message was not written are removed.
     """
     function = FUNCTIONS[name]
+    check_disk()
     now = utcnow()
-    rows = [(str(uuid.uuid4()), name, json.dumps(args), "queued", function.queue, function.priority, now) for args in calls]
+    rows = [(str(uuid.uuid4()), name, json.dumps(args), "pending", function.queue, function.priority, now) for args in calls]
     with db.atomic():
         bulk_insert(Job, [Job.id, Job.name, Job.args, Job.status, Job.queue, Job.priority, Job.enqueued_at], rows)
-    for done, (row, args) in enumerate(zip(rows, calls)):
+    ids = [row[0] for row in rows]
+    for done, (job_id, args) in enumerate(zip(ids, calls)):
         try:
-            _enqueue(function, row[0], args, priority=function.priority)
+            _enqueue(function, job_id, args, priority=function.priority)
         except Exception as exc:
-            Job.delete().where(Job.id.in_([r[0] for r in rows[done:]])).execute()
+            # The pushed ones are confirmed; the rest never run (see submit).
+            Job.confirm(ids[:done], dict.fromkeys(ids[:done], "queued"))
+            _forget_pending(ids[done:])
             raise Unavailable(f"queue storage unavailable: {exc}") from exc
-    return [row[0] for row in rows]
+    Job.confirm(ids, dict.fromkeys(ids, "queued"))
+    return ids
 
 
 def cancel(job):
@@ -513,8 +598,22 @@ def progress(done, total=None, message=None):
     job_id = current_job_id()
     if job_id is None:
         return
-    Job.set_progress(job_id, done, total, message)
-    if Job.select(Job.cancel_requested).where(Job.id == job_id).scalar():
+    claim = getattr(_current, "claim", None)
+
+    def write():
+        held = Job.set_progress(job_id, done, total, message, claim=claim)
+        return held, held and Job.select(Job.cancel_requested).where(Job.id == job_id).scalar()
+
+    try:
+        held, canceled = write()
+    except PeeweeException as exc:
+        if not runs.is_connection_error(exc):
+            raise
+        runs.reset_connection()  # one more try on a new connection
+        held, canceled = write()
+    if not held:
+        raise runs.ClaimLost(f"job {job_id}: another run took it over (or it was canceled); this run stops")
+    if canceled:
         raise CancelExecution("canceled while running", retry=False)
     _current.task.check_timeout()
 
@@ -533,14 +632,16 @@ def _worker_name():
 
 @huey.signal(signals.SIGNAL_ENQUEUED)
 def _record_enqueued(signal_name, message):
-    """Record calls that did not come through submit(): periodic ticks, plain task() calls."""
+    """Record calls that did not come through submit(): periodic ticks, plain task() calls.
+
+    Written `pending` before the push; LitejobsHuey.enqueue confirms it after."""
     if getattr(message, "recorded", False):
         return
     Job.insert(
         id=message.id,
         name=message.name,
         args=json.dumps(message.kwargs, default=str),
-        status="queued",
+        status="pending",
         queue=FUNCTIONS[message.name].queue if message.name in FUNCTIONS else "default",
         priority=message.priority or 0,
     ).on_conflict_ignore().execute()
@@ -558,19 +659,79 @@ def _limits_of(message):
 
 @huey.pre_execute()
 def _record_running(message):
+    """Claim the job for this run, or do not run it (huey runs the task unless this raises CancelExecution)."""
     limits = _limits_of(message)
-    started = utcnow()
-    if not Job.mark_running(message.id, _worker_name(), CONSUMER_ID, now=started, limits=limits):
-        row = Job.select(Job.status).where(Job.id == message.id).first()
-        if row is not None and row.status in TERMINAL:
-            # Canceled (or otherwise finished) between dequeue and now: do not run it.
-            raise CancelExecution("job already finished", retry=False)
-        if row is not None and limits:
-            _wait_for_slot(message, limits)
+    # A message can arrive between the push and the confirmation of its row
+    # (submit): a few short pauses usually see it confirmed, then it is deferred.
+    for pause in CLAIM_PAUSES:
+        started = utcnow()
+        try:
+            claim = Job.mark_running(message.id, _worker_name(), CONSUMER_ID, now=started, limits=limits)
+            row = None if claim else Job.select(Job.status).where(Job.id == message.id).first()
+        except Exception as exc:  # huey would log any other exception and run the job unclaimed
+            if runs.is_connection_error(exc):
+                runs.reset_connection()
+            # A pause growing to a few seconds: workers do not spin through the queue while the database is away.
+            time.sleep(runs.database_outage.failed(exc))
+            _defer(message)
+            raise CancelExecution(f"could not record the start: {exc}; the message goes back", retry=False) from None
+        runs.database_outage.ok()
+        if claim or row is None or not (row.status == "pending" or (row.status in WAITING and not limits)):
+            break
+        time.sleep(pause)
+    if claim is None:
+        _not_claimed(message, row, limits)
+    runs.held.hold(message.id, claim)
     _current.job_id = message.id
     _current.task = message
+    _current.claim = claim
     # Kept for _record_outcome, which then needs no read of the row for the duration.
     _current.started_at = started
+
+
+def _not_claimed(message, row, limits):
+    """A message whose job cannot be claimed: wait for a slot, come back later, or drop it (raises)."""
+    if row is None:
+        # Its enqueue was answered with an error (the row was removed), or it was never recorded.
+        logger.warning("job %s (%s): no such job; message dropped", message.id, message.name)
+        raise CancelExecution("no job row", retry=False)
+    if row.status == "pending" or (row.status in WAITING and not limits):
+        _defer(message)  # the enqueue that pushed it has not confirmed it yet
+        raise CancelExecution("job not confirmed yet", retry=False)
+    if row.status in TERMINAL:
+        # Canceled (or otherwise finished) between dequeue and now: do not run it.
+        raise CancelExecution("job already finished", retry=False)
+    if row.status == "running":
+        logger.warning("job %s (%s): running under a live claim; duplicate message dropped", message.id, message.name)
+        raise CancelExecution("job running elsewhere", retry=False)
+    if limits:
+        _wait_for_slot(message, limits)
+    raise CancelExecution(f"job is {row.status} and could not be claimed", retry=False)
+
+
+class _QuietClaims(logging.Filter):
+    """Drops huey's warning for each message _record_running declines: a deferred
+    message is routine, and the other cases log a line of their own."""
+
+    def filter(self, record):
+        return "cancelled by _record_running" not in record.getMessage()
+
+
+logging.getLogger("huey").addFilter(_QuietClaims())
+
+DEFER_SECONDS = 1.0
+CLAIM_PAUSES = (0.002, 0.01, 0.05, 0)  # seconds between tries of a claim that waits on its enqueue
+
+
+def _defer(message):
+    """Put a message back for later, through the schedule; if that fails as well,
+    the reaper's requeue_lost() enqueues its job again."""
+    message.recorded = True
+    message.eta = utcnow() + datetime.timedelta(seconds=DEFER_SECONDS)
+    try:
+        huey.add_schedule(message)
+    except Exception as exc:  # any queue error: requeue_lost() is the fallback
+        runs.queue_outage.failed(exc)
 
 
 def _wait_for_slot(message, limits):
@@ -587,12 +748,35 @@ def _wait_for_slot(message, limits):
 @huey.post_execute()
 def _record_outcome(message, value, exc):
     started_at = getattr(_current, "started_at", None)
-    _current.job_id = _current.task = _current.started_at = None
-    if exc is None:
-        Job.mark_finished(message.id, "succeeded", result=value, started_at=started_at)
-        hooks.job_finished.send(message.id, message.name, "succeeded")
-        _log_finished(message, "succeeded", started_at)
+    claim = getattr(_current, "claim", None)
+    _current.job_id = _current.task = _current.started_at = _current.claim = None
+    try:
+        if isinstance(exc, runs.ClaimLost):
+            logger.warning("job %s (%s): %s", message.id, message.name, exc)
+            return
+        if exc is not None and runs.is_connection_error(exc):
+            runs.reset_connection()
+        # Retried while the claim is held, so a short outage leaves no job running.
+        status = runs.write_while_held(lambda: _write_outcome(message, value, exc, started_at, claim), message.id)
+    finally:
+        runs.held.release(message.id)
+    if status is None:
         return
+    if not status[1]:
+        logger.warning("job %s (%s): outcome %s not recorded: the run lost its claim", message.id, message.name, status[0])
+        return
+    try:
+        if status[0] in ("succeeded", "failed"):
+            hooks.job_finished.send(message.id, message.name, status[0])
+    except Exception:  # the outcome is recorded; a receiver's failure must not undo that
+        logger.exception("job %s: a job_finished receiver failed", message.id)
+    _log_finished(message, status[0], started_at, status[2])
+
+
+def _write_outcome(message, value, exc, started_at, claim):
+    """Write a run's outcome under its claim; returns (status, whether written, error)."""
+    if exc is None:
+        return "succeeded", Job.mark_finished(message.id, "succeeded", result=value, started_at=started_at, claim=claim), None
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, TaskTimeout):
         error = "timeout"
@@ -601,15 +785,10 @@ def _record_outcome(message, value, exc):
     else:
         error = f"{type(exc).__name__}: {exc}"
     if message.retries and not (isinstance(exc, CancelExecution) and _cancel_requested(message.id)):
-        Job.mark_retrying(message.id, error, trace)
-        _log_finished(message, "retrying", started_at, error)
-    elif isinstance(exc, CancelExecution):
-        Job.mark_finished(message.id, "canceled", error=error, started_at=started_at)
-        _log_finished(message, "canceled", started_at, error)
-    else:
-        Job.mark_finished(message.id, "failed", error=error, traceback=trace, started_at=started_at)
-        hooks.job_finished.send(message.id, message.name, "failed")
-        _log_finished(message, "failed", started_at, error)
+        return "retrying", Job.mark_retrying(message.id, error, trace, claim=claim), error
+    if isinstance(exc, CancelExecution):
+        return "canceled", Job.mark_finished(message.id, "canceled", error=error, started_at=started_at, claim=claim), error
+    return "failed", Job.mark_finished(message.id, "failed", error=error, traceback=trace, started_at=started_at, claim=claim), error
 
 
 def _log_finished(message, status, started_at, error=None):
@@ -634,9 +813,14 @@ def _record_expired(signal_name, message):
 @huey.signal(signals.SIGNAL_INTERRUPTED)
 def _requeue_interrupted(signal_name, message):
     """A job cut short by a stop runs again at once instead of being lost."""
-    Job.update(status="queued", worker=None, consumer_id=None, error="interrupted by a consumer stop").where(
-        (Job.id == message.id) & (Job.status == "running")
+    claim = runs.held.claim_of(message.id)  # only while this process still holds the job
+    held = (Job.id == message.id) & (Job.status == "running")
+    if claim is not None:
+        held &= Job.claim == claim
+    Job.update(status="queued", worker=None, consumer_id=None, claim=None, error="interrupted by a consumer stop").where(
+        held
     ).execute()
+    runs.held.release(message.id)
     message.recorded = True
     huey.enqueue(message)
 
@@ -646,28 +830,30 @@ CONSUMER_ID = None
 
 
 def reap(now=None):
-    """Run again the jobs whose consumer stopped heartbeating; returns how many.
+    """Run again the jobs whose run's lease lapsed; returns how many.
 
-    Safe with several consumers reaping at once: each job is claimed by a
-    conditional update, and only the one that changed the row enqueues it.
+    A lease lapses by the database's clock when its holder stops renewing it:
+    the consumer died or froze, the thread running the job is gone, or the
+    outcome could not be written. Safe with several consumers reaping at once:
+    each job is taken by an UPDATE conditional on the same claim and a lapsed
+    lease, and only the one that changed the row enqueues it.
     """
-    alive = [w.id for w in Worker.alive(now)]
+    alive = [w.id for w in Worker.alive()]
     # Read in full before writing: an UPDATE on a connection still stepping through
     # a SELECT fails at once ("database is locked") when another writer got in between.
-    orphans = list(
-        Job.select().where(
-            (Job.status == "running") & Job.consumer_id.is_null(False) & Job.consumer_id.not_in(alive or [""])
-        )
-    )
+    orphans = list(Job.lapsed(alive))
     recovered = 0
     for job in orphans:
-        claim = (Job.id == job.id) & (Job.status == "running") & (Job.consumer_id == job.consumer_id)
-        lost = f"worker lost: consumer {job.consumer_id} stopped heartbeating"
+        claim = (Job.id == job.id) & (Job.status == "running")
+        claim &= Job.claim.is_null() if job.claim is None else (Job.claim == job.claim)
+        claim &= Job.lease_until.is_null() | (Job.lease_until < db_time())
+        lost = f"worker lost: the run on {job.consumer_id} stopped renewing its lease"
         if job.recoveries >= settings.MAX_RECOVERIES or job.name not in FUNCTIONS:
-            Job.update(status="failed", error=lost, finished_at=utcnow()).where(claim).execute()
-            hooks.job_finished.send(job.id, job.name, "failed")
+            if Job.update(status="failed", error=lost, finished_at=utcnow()).where(claim).execute():
+                hooks.job_finished.send(job.id, job.name, "failed")
             continue
-        if Job.update(status="queued", consumer_id=None, error=lost, recoveries=Job.recoveries + 1).where(claim).execute():
+        update = Job.update(status="queued", consumer_id=None, claim=None, lease_until=None, error=lost, recoveries=Job.recoveries + 1)
+        if update.where(claim).execute():
             _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority)
             logger.warning("job %s (%s): %s; running it again", job.id, job.name, lost)
             recovered += 1
@@ -675,6 +861,7 @@ def reap(now=None):
 
 
 _suspects = set()  # waiting jobs whose message was missing at the last look
+REQUEUE_PAGE = 1000
 
 
 def requeue_lost(now=None):
@@ -683,16 +870,25 @@ def requeue_lost(now=None):
     huey deletes a message when a worker takes it, so a consumer killed between
     taking a message and marking its job running loses it. A waiting job older
     than HEARTBEAT_TIMEOUT whose message is in neither the queue nor the
-    schedule at two looks in a row (a heartbeat apart) is enqueued again.
+    schedule at two looks in a row (a heartbeat apart) is enqueued again. The
+    rows are read a page at a time, all of them. Rows left `pending` that long
+    belong to enqueues answered with an error: they are removed.
     """
     global _suspects
     cutoff = (now or utcnow()) - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
-    waiting = list(Job.select().where(Job.status.in_(WAITING) & (Job.enqueued_at < cutoff)).limit(1000))
-    if not waiting:
+    Job.delete().where((Job.status == "pending") & (Job.enqueued_at < cutoff)).execute()
+    waiting = Job.select().where(Job.status.in_(WAITING) & (Job.enqueued_at < cutoff))
+    if not waiting.exists():
         _suspects = set()
         return 0
     present = {message.id for message in huey.pending()} | {message.id for message in huey.scheduled()}
-    missing = [job for job in waiting if job.id not in present]
+    missing = []
+    page = list(waiting.order_by(Job.enqueued_at, Job.id).limit(REQUEUE_PAGE))
+    while page:
+        missing.extend(job for job in page if job.id not in present)
+        last = page[-1]
+        after = (Job.enqueued_at > last.enqueued_at) | ((Job.enqueued_at == last.enqueued_at) & (Job.id > last.id))
+        page = list(waiting.where(after).order_by(Job.enqueued_at, Job.id).limit(REQUEUE_PAGE)) if len(page) == REQUEUE_PAGE else []
     requeued = 0
     for job in missing:
         if job.id not in _suspects or job.name not in FUNCTIONS:
@@ -828,9 +1024,19 @@ class Consumer(huey_consumer.Consumer):
         self._next_beat = time.monotonic() + settings.HEARTBEAT_INTERVAL
         try:
             Worker.beat(CONSUMER_ID)
+            runs.database_outage.ok()
+        except Exception as exc:  # a database outage must not kill the consumer's main loop
+            runs.reset_connection()
+            runs.database_outage.failed(exc)
+            return
+        try:
             reap()
-        except Exception:  # a database or queue outage must not kill the consumer's main loop
-            logger.exception("heartbeat failed; will try again")
+            disk.checkpoint_all(huey.storage)
+        except PeeweeException as exc:  # the database went away in between: the next beat tries again
+            runs.reset_connection()
+            runs.database_outage.failed(exc)
+        except Exception as exc:  # any queue driver error: logged once per outage, as the workers do
+            runs.queue_outage.failed(exc)
 
     def loop(self, health_check_ts=None):
         health_check_ts = super().loop(health_check_ts)

@@ -52,6 +52,8 @@ logger = logging.getLogger("litejobs.models")
 db = DatabaseProxy()
 
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
+# `pending`, never shown: a row written before its queue message, until the message is
+# in the queue. A consumer does not run a pending job, so a failed enqueue never runs.
 WAITING = ("scheduled", "queued", "retrying")
 STATUSES = WAITING + ("running",) + TERMINAL
 
@@ -83,6 +85,18 @@ def parse_time(text):
 WAL_CHECKPOINT_PAGES = 10_000
 
 
+def wal_pages(path):
+    """WAL_CHECKPOINT_PAGES, or fewer on a small disk: a WAL takes at most 2% of the
+    disk of `path` (at least 100 pages), so a 20 MB disk is not filled by its own logs."""
+    import shutil
+
+    try:
+        total = shutil.disk_usage(Path(path).resolve().parent).total
+    except OSError:
+        return WAL_CHECKPOINT_PAGES
+    return max(100, min(WAL_CHECKPOINT_PAGES, total // 50 // 4096))
+
+
 def open_database(url):
     """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes."""
     if url.startswith("sqlite:///"):
@@ -94,9 +108,18 @@ def open_database(url):
         # WAL database costs ~0.9 ms here, a quarter of a whole enqueue over HTTP
         # (bench/, issue 7). close() hands the connection back to the pool; each
         # thread or greenlet still has its own while it holds one.
+        # journal_size_limit: after a checkpoint the WAL file shrinks back to that size.
+        pages = wal_pages(path)
         database = PooledSqliteDatabase(
             str(path),
-            pragmas={"journal_mode": "wal", "foreign_keys": 1, "cache_size": -16000, "synchronous": "normal", "wal_autocheckpoint": WAL_CHECKPOINT_PAGES},
+            pragmas={
+                "journal_mode": "wal",
+                "foreign_keys": 1,
+                "cache_size": -16000,
+                "synchronous": "normal",
+                "wal_autocheckpoint": pages,
+                "journal_size_limit": pages * 4096,
+            },
             max_connections=None,
             stale_timeout=300,
             lock_type="IMMEDIATE",
@@ -404,8 +427,34 @@ class LoginFailure(BaseModel):
         return cls.delete().where(cls.at <= (now or utcnow()) - cls.WINDOW).execute()
 
 
+def db_time(seconds=0.0):
+    """SQL for the database's own clock, `seconds` from now, as a naive UTC time.
+
+    Leases and heartbeats are written and compared by this one clock, never by
+    a host's: a consumer whose clock is off must not look dead, nor make a live
+    run look lapsed. PostgreSQL uses its `now()`; SQLite the clock of the host
+    writing the file, which every process of a local SQLite file shares.
+    """
+    text, param = _clock(seconds)
+    return SQL(text.format(p=db.param), [param])
+
+
+def _clock(seconds):
+    """db_time() as (SQL text with a `{p}` placeholder, its parameter)."""
+    if isinstance(db.obj, SqliteDatabase):
+        return "strftime('%Y-%m-%d %H:%M:%f', 'now', {p})", f"{seconds:+.3f} seconds"
+    return "((now() AT TIME ZONE 'UTC') + {p} * interval '1 second')", float(seconds)
+
+
+def db_now():
+    """The database's current time (see db_time)."""
+    now = db_time()
+    value = db.execute_sql("SELECT " + now.sql, now.params).fetchone()[0]
+    return datetime.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 class Worker(BaseModel):
-    """A consumer process, alive while its heartbeat is fresh."""
+    """A consumer process, alive while its heartbeat is fresh by the database's clock."""
 
     id = CharField(primary_key=True)
     host = CharField()
@@ -419,18 +468,22 @@ class Worker(BaseModel):
 
     @classmethod
     def alive(cls, now=None):
-        cutoff = (now or utcnow()) - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
+        """Consumers that beat within HEARTBEAT_TIMEOUT, by the database's clock (or `now`'s)."""
+        if now is None:
+            cutoff = db_time(-settings.HEARTBEAT_TIMEOUT)
+        else:
+            cutoff = now - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
         return cls.select().where((cls.last_heartbeat >= cutoff) & cls.stopped_at.is_null())
 
     @classmethod
     def beat(cls, worker_id):
-        cls.update(last_heartbeat=utcnow()).where(cls.id == worker_id).execute()
+        cls.update(last_heartbeat=db_time()).where(cls.id == worker_id).execute()
 
     def is_alive(self, now=None):
-        cutoff = (now or utcnow()) - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
+        cutoff = (now or db_now()) - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
         return self.stopped_at is None and self.last_heartbeat >= cutoff
 
-    def to_dict(self, running=()):
+    def to_dict(self, running=(), now=None):
         return {
             "id": self.id,
             "host": self.host,
@@ -439,7 +492,7 @@ class Worker(BaseModel):
             "concurrency": self.concurrency,
             "started_at": isoformat(self.started_at),
             "last_heartbeat": isoformat(self.last_heartbeat),
-            "alive": self.is_alive(),
+            "alive": self.is_alive(now),
             "running": list(running),
             "apps": self.app_names,
         }
@@ -478,6 +531,12 @@ class Job(BaseModel):
     waiting_for = CharField(null=True)
     api_key_id = IntegerField(null=True)
     idempotency_key = CharField(null=True)
+    # The token of the run holding the job (runs.py): each start takes a new one, and
+    # every later write of that run names it, so a run whose claim was taken over
+    # writes nothing more. The lease, by the database's clock, is renewed by the
+    # holder's heartbeat; a lapsed one may be taken over.
+    claim = CharField(null=True)
+    lease_until = DateTimeField(null=True)
 
     class Meta:
         indexes = (
@@ -533,6 +592,8 @@ class Job(BaseModel):
             query = query.where(cls.name == name)
         if status:
             query = query.where(cls.status == status)
+        else:  # a job not yet confirmed as enqueued (or whose enqueue failed) is not listed
+            query = query.where(cls.status != "pending")
         return keyset_page(query, cls.enqueued_at, limit, cursor)
 
     @classmethod
@@ -621,19 +682,30 @@ class Job(BaseModel):
         return cls.select().where((cls.status == "running") & cls.consumer_id.in_(consumer_ids))
 
     # -- state changes (each one short statement, safe to repeat) -----------
-    # Every job runs these two statements once, so they are written out here:
+    # Every job runs these statements once, so they are written out here:
     # peewee takes 4-8x longer to build such an UPDATE than SQLite takes to run
     # it (profiled in bench/, issue 7), which capped the drain at a third of
-    # plain huey's. `{p}` is the driver's placeholder (? or %s).
+    # plain huey's. `{p}` is the driver's placeholder (? or %s); {lease} and
+    # {now} are the database's clock (db_time).
+    #
+    # The claim: one conditional UPDATE takes a job that waits, or one whose
+    # run's lease lapsed, and gives the run a new token. Every later write of
+    # the run names that token and finds nothing once the claim was taken over
+    # (or the job canceled), so a run that lost its claim writes nothing more.
     _MARK_RUNNING_SQL = (
         'UPDATE "job" SET "status" = {p}, "started_at" = {p}, "worker" = {p}, "consumer_id" = {p}, '
-        '"attempts" = ("attempts" + 1), "waiting_for" = NULL '
-        'WHERE ("id" = {p}) AND ("status" NOT IN ({p}, {p}, {p}, {p}))'
+        '"attempts" = ("attempts" + 1), "waiting_for" = NULL, "claim" = {p}, "lease_until" = {lease} '
+        'WHERE ("id" = {p}) AND ("status" IN ({p}, {p}, {p}) OR ("status" = {p} AND "lease_until" < {now}))'
     )
     _MARK_FINISHED_SQL = (
         'UPDATE "job" SET "status" = {p}, "result" = {p}, "error" = {p}, "traceback" = {p}, '
         '"finished_at" = {p}, "duration_ms" = {p} '
         'WHERE ("id" = {p}) AND ("status" NOT IN ({p}, {p}, {p}, {p}))'
+    )
+    _FINISH_RUN_SQL = (
+        'UPDATE "job" SET "status" = {p}, "result" = {p}, "error" = {p}, "traceback" = {p}, '
+        '"finished_at" = {p}, "duration_ms" = {p} '
+        'WHERE ("id" = {p}) AND ("claim" = {p}) AND ("status" = {p})'
     )
 
     @classmethod
@@ -661,15 +733,22 @@ class Job(BaseModel):
         return db.execute_sql(sql.format(p=db.param), params).rowcount
 
     @classmethod
-    def mark_running(cls, job_id, worker, consumer_id, now=None, limits=()):
-        """Mark a waiting job running (attempts + 1); `now` is its started_at.
+    def mark_running(cls, job_id, worker, consumer_id, now=None, limits=(), claim=None, lease_seconds=None):
+        """Claim a job for a run: mark it running (attempts + 1) with a new claim
+        token and a lease of `lease_seconds` (HEARTBEAT_TIMEOUT); returns the
+        token, or None when the job is not waiting nor held under a lapsed
+        lease. `now` is its started_at.
 
         `limits` are ("queue:<name>" or "function:<name>", N) pairs: the job
         starts only while fewer than N other jobs of that queue or function
         run. A running row is the place it holds, so whatever ends the run
         (finish, retry, the reaper) frees it, with no write of its own.
         """
-        sql, params = cls._MARK_RUNNING_SQL, ["running", now or utcnow(), worker, consumer_id, job_id, *TERMINAL]
+        lease, lease_param = _clock(settings.HEARTBEAT_TIMEOUT if lease_seconds is None else lease_seconds)
+        clock, now_param = _clock(0)
+        sql = cls._MARK_RUNNING_SQL.replace("{lease}", lease).replace("{now}", clock)
+        claim = claim or secrets.token_hex(8)
+        params = ["running", now or utcnow(), worker, consumer_id, claim, lease_param, job_id, *WAITING, "running", now_param]
         for key, limit in limits:
             kind, _, value = key.partition(":")
             column = "queue" if kind == "queue" else "name"
@@ -677,18 +756,19 @@ class Job(BaseModel):
             params += ["running", value, job_id, limit]
         if not limits or isinstance(db.obj, SqliteDatabase):
             # SQLite's UPDATE takes the write lock before it reads: the counts are current.
-            return cls._run(sql, params)
+            return claim if cls._run(sql, params) else None
         with db.atomic():
             # PostgreSQL counts from a snapshot, so two consumers could both see
             # a free place; a lock per limit, held to commit, puts starts in line.
             for key, _ in sorted(limits):
                 db.execute_sql(f"SELECT pg_advisory_xact_lock(hashtext({db.param}))", (f"litejobs:{key}",))
-            return cls._run(sql, params)
+            return claim if cls._run(sql, params) else None
 
     @classmethod
-    def mark_finished(cls, job_id, status, result=None, error=None, traceback=None, started_at=None):
+    def mark_finished(cls, job_id, status, result=None, error=None, traceback=None, started_at=None, claim=None):
         """Put a job in terminal `status`. A worker passes the `started_at` it
-        wrote, which saves reading the row back to compute the duration."""
+        wrote, which saves reading the row back to compute the duration, and
+        its `claim`: then only a job still running under that claim changes."""
         now = utcnow()
         if started_at is None:
             started_at = cls.select(cls.started_at).where(cls.id == job_id).scalar()
@@ -696,22 +776,80 @@ class Job(BaseModel):
                 started_at = datetime.datetime.fromisoformat(started_at)
         duration = None if started_at is None else round((now - started_at).total_seconds() * 1000, 3)
         result = None if result is None else json.dumps(result, default=str)
+        if claim is not None:
+            return cls._run(cls._FINISH_RUN_SQL, (status, result, error, traceback, now, duration, job_id, claim, "running"))
         params = (status, result, error, traceback, now, duration, job_id, *TERMINAL)
         return cls._run(cls._MARK_FINISHED_SQL, params)
 
     @classmethod
-    def mark_retrying(cls, job_id, error, traceback, eta=None):
+    def confirm(cls, job_ids, statuses):
+        """Turn `pending` rows (written before their message) into `statuses` ({id: status})
+        once the message is in the queue; returns the ids confirmed. A row found
+        no longer pending was removed: its enqueue failed, so its job never runs."""
+        confirmed = []
+        by_status = {}
+        for job_id in job_ids:
+            by_status.setdefault(statuses[job_id], []).append(job_id)
+        for status, ids in by_status.items():
+            if len(ids) == 1:  # every single enqueue: the row count says it all
+                if cls._run('UPDATE "job" SET "status" = {p} WHERE "id" = {p} AND "status" = {p}', (status, ids[0], "pending")):
+                    confirmed.append(ids[0])
+                continue
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                sql = 'UPDATE "job" SET "status" = {p} WHERE "status" = {p} AND "id" IN ({ids}) RETURNING "id"'
+                sql = sql.format(p=db.param, ids=", ".join([db.param] * len(chunk)))
+                confirmed.extend(row[0] for row in db.execute_sql(sql, (status, "pending", *chunk)).fetchall())
+        return confirmed
+
+    @classmethod
+    def forget_pending(cls, job_ids):
+        """Delete rows still `pending`: their enqueue failed and was answered with an error."""
+        job_ids = list(job_ids)
+        for start in range(0, len(job_ids), 500):
+            cls.delete().where(cls.id.in_(job_ids[start : start + 500]) & (cls.status == "pending")).execute()
+
+    @classmethod
+    def _held(cls, job_id, claim):
+        """The job, if `claim` is None; else the job only while it runs under `claim`."""
+        if claim is None:
+            return cls.id == job_id
+        return (cls.id == job_id) & (cls.claim == claim) & (cls.status == "running")
+
+    @classmethod
+    def mark_retrying(cls, job_id, error, traceback, eta=None, claim=None):
+        where = cls._held(job_id, claim)
+        if claim is None:
+            where &= cls.status.not_in(TERMINAL)
+        return cls.update(status="retrying", error=error, traceback=traceback, scheduled_for=eta).where(where).execute()
+
+    @classmethod
+    def set_progress(cls, job_id, done, total, message, claim=None):
+        """Write a run's progress; returns 0 when the run no longer holds its `claim`."""
         return (
-            cls.update(status="retrying", error=error, traceback=traceback, scheduled_for=eta)
-            .where((cls.id == job_id) & cls.status.not_in(TERMINAL))
+            cls.update(progress_done=done, progress_total=total, progress_message=message)
+            .where(cls._held(job_id, claim))
             .execute()
         )
 
     @classmethod
-    def set_progress(cls, job_id, done, total, message):
-        cls.update(progress_done=done, progress_total=total, progress_message=message).where(
-            cls.id == job_id
-        ).execute()
+    def renew_leases(cls, claims, seconds=None):
+        """Extend the lease of each run in `claims` ({job id: token}) still holding its job; returns how many."""
+        if not claims:
+            return 0
+        lease = db_time(settings.HEARTBEAT_TIMEOUT if seconds is None else seconds)
+        return (
+            cls.update(lease_until=lease)
+            .where(cls.id.in_(list(claims)) & cls.claim.in_(list(claims.values())) & (cls.status == "running"))
+            .execute()
+        )
+
+    @classmethod
+    def lapsed(cls, alive_consumers):
+        """Running jobs whose lease lapsed by the database's clock (rows written before
+        leases existed: whose consumer is not in `alive_consumers`)."""
+        legacy = cls.lease_until.is_null() & cls.consumer_id.is_null(False) & cls.consumer_id.not_in(alive_consumers or [""])
+        return cls.select().where((cls.status == "running") & ((cls.lease_until < db_time()) | legacy))
 
     @classmethod
     def request_cancel(cls, job_id):
@@ -937,6 +1075,9 @@ MIGRATIONS = [
     lambda migrator: [migrator.sql('DROP TABLE IF EXISTS "slot"')],
     # 2: each consumer records the apps it loaded (GET /api/v1/workers, /health/ready).
     lambda migrator: add_column_once(migrator, "worker", "apps", TextField(default="")),
+    # 3: a run's claim token and lease (runs.py); a row running without one is judged by its consumer's heartbeat.
+    lambda migrator: add_column_once(migrator, "job", "claim", CharField(null=True))
+    + add_column_once(migrator, "job", "lease_until", DateTimeField(null=True)),
 ]
 
 

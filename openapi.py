@@ -80,6 +80,7 @@ ERRORS = {
     "422": "invalid_argument: `field` names the bad argument or query parameter",
     "429": "rate_limited: over the rate limit; Retry-After says when to come back",
     "503": "unavailable: database or queue storage unreachable; nothing was half-written",
+    "507": "insufficient_storage: the data disk is under DISK_RESERVE; nothing was written",
 }
 
 
@@ -135,7 +136,7 @@ SCHEMAS = {
                     "code": {
                         "type": "string",
                         "description": "bad_json, unauthorized, forbidden, not_found, method_not_allowed, conflict, "
-                        "too_large, invalid_argument, rate_limited, internal, unavailable, bad_host",
+                        "too_large, invalid_argument, rate_limited, internal, unavailable, insufficient_storage, bad_host",
                     },
                     "message": {"type": "string", "description": "what went wrong and how to fix it"},
                     "field": {"type": "string", "description": "the argument, field or query parameter at fault"},
@@ -257,7 +258,7 @@ SCHEMAS = {
         {
             "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
             "checks": obj(
-                {"database": ref("Check"), "queue": ref("Check"), "consumer": ref("Check"), "apps": ref("Check")}
+                {"database": ref("Check"), "queue": ref("Check"), "disk": ref("Check"), "consumer": ref("Check"), "apps": ref("Check")}
             ),
         }
     ),
@@ -315,6 +316,7 @@ PATHS = {
                 "404",
                 "409",
                 "422",
+                "507",
                 body=True,
             ),
             [
@@ -349,7 +351,7 @@ PATHS = {
             "retryJob",
             "Run a finished job again as a new job (parent_id links them)",
             "jobs",
-            responses({"202": ("the new job", ref("Job"), LOCATION)}, "404", "409"),
+            responses({"202": ("the new job", ref("Job"), LOCATION)}, "404", "409", "507"),
         ),
     },
     "/api/v1/schedules": {
@@ -428,8 +430,12 @@ PATHS = {
             "health",
             responses(
                 {
-                    "200": ("ok, or degraded: no consumer heartbeat within HEARTBEAT_TIMEOUT", ref("Ready")),
-                    "503": ("down: database or queue unreachable", ref("Ready")),
+                    "200": ("ok, or degraded: no consumer heartbeat within HEARTBEAT_TIMEOUT and no job waiting", ref("Ready")),
+                    "503": (
+                        "down: database not writable, queue unreachable, disk under DISK_RESERVE, "
+                        "or jobs waiting with no consumer heartbeat",
+                        ref("Ready"),
+                    ),
                 },
                 public=True,
             ),

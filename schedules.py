@@ -16,6 +16,7 @@ from huey import crontab
 
 import hooks
 import jobs
+import runs
 import settings
 from jobs import FUNCTIONS, Conflict, submit
 from models import Job, ScheduleRun, ScheduleState, isoformat, utcnow  # noqa: F401 - ScheduleRun, ScheduleState: re-exported
@@ -272,7 +273,14 @@ class Scheduler(huey_consumer.Scheduler):
         if minute <= self.last_minute:
             return []
         after, self.last_minute = self.last_minute, minute
-        started = tick(minute, after)
+        try:
+            started = tick(minute, after)
+        except Exception as exc:  # database or queue away: the next look covers these minutes again
+            self.last_minute = after
+            if runs.is_connection_error(exc):
+                runs.reset_connection()
+            runs.database_outage.failed(exc)
+            return []
         hooks.schedule_tick.send(minute, started)
         return started
 

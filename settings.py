@@ -218,6 +218,31 @@ HEARTBEAT_INTERVAL = _define("HEARTBEAT_INTERVAL", 10.0, "seconds between consum
 HEARTBEAT_TIMEOUT = _define(
     "HEARTBEAT_TIMEOUT", 60.0, "a consumer silent this long is dead and its running jobs run again", _float(1, 86400)
 )
+
+
+def _size(raw):
+    """`5%` of the disk, or a size in bytes with a unit: `50MB`, `1GB`; returns (percent, bytes)."""
+    text = raw.strip().upper().replace(" ", "")
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 <= percent < 100:
+                raise ValueError
+            return (percent, None)
+        for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024), ("B", 1)):
+            if text.endswith(unit):
+                return (None, int(float(text[: -len(unit)]) * factor))
+    except ValueError:
+        pass
+    raise ValueError(f"expected a percentage of the disk (5%) or a size (50MB, 1GB), got {raw!r}")
+
+
+DISK_RESERVE = _define(
+    "DISK_RESERVE",
+    None,
+    "free space kept on the data disk: `5%` or `50MB`; an enqueue below it answers 507 (default 5%, at most 50 MB)",
+    _size,
+)
 MAX_RECOVERIES = _define(
     "MAX_RECOVERIES", 3, "times a job lost with its worker is run again before it fails", _int(0, 100)
 )

@@ -22,6 +22,7 @@ from peewee import PeeweeException
 
 
 import dashboard
+import health
 import jobs
 import metrics
 import models
@@ -222,7 +223,8 @@ def list_workers():
     running = {}
     for job in Job.running_on([w.id for w in workers]):
         running.setdefault(job.consumer_id, []).append(job.id)
-    return {"workers": [w.to_dict(running.get(w.id, [])) for w in workers]}
+    now = models.db_now()  # alive by the database's clock, whatever the hosts' clocks say
+    return {"workers": [w.to_dict(running.get(w.id, []), now) for w in workers]}
 
 
 # -- Schedules -------------------------------------------------------------------------
@@ -268,40 +270,9 @@ def health_live():
 
 @api("/health/ready", public=True)
 def health_ready():
-    """Database, queue, consumer and apps checks: ok, degraded (no consumer, or apps differ) or down."""
-    checks = {}
-    for name, check in (("database", models.check_database), ("queue", jobs.check_queue)):
-        try:
-            check()
-            checks[name] = {"status": "ok"}
-        except Exception as exc:  # any driver error means "unreachable" here
-            checks[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
-    if checks["database"]["status"] == "ok":
-        alive = Worker.alive().count()
-        checks["consumer"] = {"status": "ok" if alive else "down", "alive": alive}
-        if not alive:
-            checks["consumer"]["error"] = f"no consumer heartbeat in the last {settings.HEARTBEAT_TIMEOUT:g} s"
-        checks["apps"] = apps_check(Worker.alive())
-    else:
-        checks["consumer"] = {"status": "unknown", "error": "database unreachable"}
-    if any(checks[name]["status"] == "down" for name in ("database", "queue")):
-        return 503, {"status": "down", "checks": checks}
-    ok = checks["consumer"]["status"] == "ok" and checks["apps"]["status"] == "ok"
-    return {"status": "ok" if ok else "degraded", "checks": checks}
-
-
-def apps_check(workers):
-    """Whether every live consumer loaded the apps this web process loaded (else jobs may find no function)."""
-    here = sorted(jobs.APPS)
-    differ = [w for w in workers if sorted(w.app_names) != here]
-    if not differ:
-        return {"status": "ok"}
-    first = differ[0]
-    return {
-        "status": "degraded",
-        "error": f"{len(differ)} consumer(s) loaded other apps than this web process, e.g. {first.id}: "
-        f"{', '.join(sorted(first.app_names)) or 'none'}; web: {', '.join(here) or 'none'} (check APPS and FUNCTIONS_DIR)",
-    }
+    """Database, queue, disk and consumer checks: ok, degraded (no consumer, nothing waiting) or down."""
+    status, checks = health.readiness()
+    return (503 if status == "down" else 200), {"status": status, "checks": checks}
 
 
 @api("/metrics", public=True)
