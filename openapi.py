@@ -396,6 +396,43 @@ IDEMPOTENCY_KEY = {
 }
 JOB_ID = path_param("id", "the job's id; for POST, the name of the job function to call (see GET /api/v1/functions)")
 
+
+def invoke_operation(op_id, summary, deprecated=False, description=None):
+    """Calling a function: one operation, served on its own path and on the deprecated alias."""
+    op = operation(
+        op_id,
+        summary,
+        "jobs",
+        responses(
+            {
+                "200": (
+                    "the job: finished within `wait`, or the first job of a repeated Idempotency-Key",
+                    ref("Job"),
+                ),
+                "202": ("the job, queued or scheduled (also when `wait` ran out)", ref("Job"), LOCATION),
+            },
+            "404",
+            "409",
+            "422",
+            body=True,
+        ),
+        [
+            query_param(
+                "wait", "seconds to wait for the result, 0 to 30", {"type": "number", "minimum": 0, "maximum": 30}
+            ),
+            query_param("delay", "seconds from now to run it", {"type": "number", "minimum": 0, "maximum": 31622400}),
+            query_param("eta", "when to run it (ISO 8601; no offset means UTC); not with delay", {"type": "string"}),
+            query_param("priority", "higher runs first", {"type": "integer", "minimum": -1000, "maximum": 1000}),
+            IDEMPOTENCY_KEY,
+        ],
+        json_body({"type": "object", "description": "keyword arguments of the function"}),
+        description=description,
+    )
+    if deprecated:
+        op["deprecated"] = True
+    return op
+
+
 PATHS = {
     "/api/v1/functions": {
         "get": operation(
@@ -404,6 +441,15 @@ PATHS = {
             "jobs",
             responses({"200": ("the functions", listing("functions", ref("Function")))}),
         )
+    },
+    "/api/v1/functions/{name}/jobs": {
+        "parameters": [path_param("name", "the job function to call (see GET /api/v1/functions)")],
+        "post": invoke_operation(
+            "invokeFunction",
+            "Call job function `name` with the JSON body as its keyword arguments",
+            description="Answers 202 with the job at once, or 200 with the finished job when `wait` was given "
+            "and it finished in time (also when it failed: look at `status`).",
+        ),
     },
     "/api/v1/jobs": {
         "get": operation(
@@ -422,38 +468,13 @@ PATHS = {
     "/api/v1/jobs/{id}": {
         "parameters": [JOB_ID],
         "get": operation("getJob", "One job", "jobs", responses({"200": ("the job", ref("Job"))}, "404")),
-        "post": operation(
-            "invokeFunction",
-            "Call job function `id` with the JSON body as its keyword arguments",
-            "jobs",
-            responses(
-                {
-                    "200": (
-                        "the job: finished within `wait`, or the first job of a repeated Idempotency-Key",
-                        ref("Job"),
-                    ),
-                    "202": ("the job, queued or scheduled (also when `wait` ran out)", ref("Job"), LOCATION),
-                },
-                "404",
-                "409",
-                "422",
-                body=True,
-            ),
-            [
-                query_param(
-                    "wait", "seconds to wait for the result, 0 to 30", {"type": "number", "minimum": 0, "maximum": 30}
-                ),
-                query_param(
-                    "delay", "seconds from now to run it", {"type": "number", "minimum": 0, "maximum": 31622400}
-                ),
-                query_param(
-                    "eta", "when to run it (ISO 8601; no offset means UTC); not with delay", {"type": "string"}
-                ),
-                query_param("priority", "higher runs first", {"type": "integer", "minimum": -1000, "maximum": 1000}),
-                IDEMPOTENCY_KEY,
-            ],
-            json_body({"type": "object", "description": "keyword arguments of the function"}),
-            description="In this path template `id` is the function's name for POST and the job's id for GET.",
+        "post": invoke_operation(
+            "invokeFunctionDeprecated",
+            "Deprecated: call job function `id`; use POST /api/v1/functions/{name}/jobs",
+            deprecated=True,
+            description="The first path for calling a function, kept working as an alias of "
+            "POST /api/v1/functions/{name}/jobs (same body, parameters and answers). In this path "
+            "template `id` is the function's name for POST and the job's id for GET.",
         ),
     },
     "/api/v1/jobs/{id}/cancel": {

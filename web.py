@@ -364,7 +364,8 @@ def list_functions():
     return {"functions": [f.to_dict() for f in jobs.public_functions()]}
 
 
-@api("/api/v1/jobs/<name>", "POST")
+@api("/api/v1/functions/<name>/jobs", "POST")
+@api("/api/v1/jobs/<name>", "POST")  # the first path, kept as a deprecated alias
 def invoke(name):
     """Enqueue a call of function `name` with the JSON body as its arguments."""
     function = jobs.FUNCTIONS.get(name)
