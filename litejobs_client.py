@@ -164,7 +164,9 @@ ERRORS_BY_STATUS = {
     422: InvalidArgument,
     429: RateLimited,
     500: InternalError,
+    502: Unavailable,  # a reverse proxy's answer while litejobs is down or restarting
     503: Unavailable,
+    504: Unavailable,
     507: InsufficientStorage,
 }
 
