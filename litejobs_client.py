@@ -626,6 +626,8 @@ def format_job(data):
         line += "  result=" + json.dumps(data.get("result"), ensure_ascii=False)
     elif data.get("error"):
         line += "  error=" + str(data["error"]).splitlines()[0]
+    elif data.get("cancel_requested"):
+        line += "  (cancel requested)"
     return line
 
 
