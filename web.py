@@ -24,11 +24,11 @@ from bottle import BaseRequest, Bottle, HTTPResponse, MultipartError, request, r
 from peewee import IntegrityError, PeeweeException
 
 import analytics
+import client_cli
 import courses
 import dashboard
 import jobs
 import limits
-import litejobs_client
 import media
 import metrics
 import models
@@ -980,13 +980,13 @@ def _supervise(consumer):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in litejobs_client.COMMANDS:
+    if argv and argv[0] in client_cli.COMMANDS:
         # Calls over HTTP with the client, so they work against a remote litejobs too.
-        sys.exit(litejobs_client.main(argv, url=settings.LITEJOBS_URL or settings.BASE_URL, key=settings.LITEJOBS_KEY))
+        sys.exit(client_cli.main(argv, url=settings.LITEJOBS_URL or settings.BASE_URL, key=settings.LITEJOBS_KEY))
     parser = argparse.ArgumentParser(prog="python web.py", description="litejobs: jobs, schedules and a dashboard")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, about in litejobs_client.COMMANDS.items():
-        commands.add_parser(name, help=about)  # listed in --help; run by litejobs_client.main above
+    for name, about in client_cli.COMMANDS.items():
+        commands.add_parser(name, help=about)  # listed in --help; run by client_cli.main above
     run = commands.add_parser("run", help="serve the web app (and a consumer)")
     run.add_argument("--no-consumer", action="store_true", help="serve only; run huey_consumer jobs.huey apart")
     key = commands.add_parser("create-key", help="create an API key and print it")

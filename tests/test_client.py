@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+import client_cli
 import litejobs_client
 import openapi
 import settings
@@ -479,5 +480,5 @@ def test_cli_errors_exit_2_with_the_reason(server, argv, message):
 
 
 def test_cli_argument_values_are_json_where_they_parse():
-    parsed = litejobs_client.parse_arguments(["a=1", "b=1.5", "c=true", "d=null", "e=hello", 'f=["x"]', "g=", "h=a=b"])
+    parsed = client_cli.parse_arguments(["a=1", "b=1.5", "c=true", "d=null", "e=hello", 'f=["x"]', "g=", "h=a=b"])
     assert parsed == {"a": 1, "b": 1.5, "c": True, "d": None, "e": "hello", "f": ["x"], "g": "", "h": "a=b"}
