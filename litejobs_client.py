@@ -460,7 +460,7 @@ class Client:
                 error, retryable = ConnectionFailed(message), safe
             else:
                 if status < 400:
-                    return json.loads(raw.decode("utf-8")) if raw.strip() else None
+                    return self._decode(method, path, status, raw)
                 error = error_from_answer(status, answer_headers, raw)
                 retryable = status in (429, 503) or (safe and status in (502, 504))
                 retry_after = retry_after_seconds(answer_headers.get("Retry-After"))
@@ -471,6 +471,16 @@ class Client:
             if time.monotonic() + pause > deadline:
                 raise error
             time.sleep(pause)
+
+    def _decode(self, method, path, status, raw):
+        """A success answer's JSON (None when empty); a login page or other non-JSON raises LitejobsError."""
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError:
+            message = f"{method} {path}: answer {status} from {self.base_url} is not JSON: {raw[:100]!r}"
+            raise LitejobsError(message, status=status) from None
 
     def _send(self, method, url, data, headers, read_timeout):
         """One HTTP exchange on a pooled connection: (status, headers, body bytes)."""
