@@ -76,7 +76,8 @@ class LitejobsError(Exception):
         self.request_id, self.field, self.body = request_id, field, body
 
     def __str__(self):
-        text = f"{self.code or self.status or 'error'}: {self.message}"
+        kind = self.code or (f"HTTP {self.status}" if self.status else None)
+        text = f"{kind}: {self.message}" if kind else self.message
         return f"{text} (request {self.request_id})" if self.request_id else text
 
 
@@ -194,8 +195,7 @@ def error_from_answer(status, headers, raw):
     except (ValueError, KeyError, TypeError, AttributeError):
         pass  # not the API's shape: a proxy's page, say; the status decides
     if not message:
-        text = raw.decode("utf-8", "replace").strip()
-        message = f"HTTP {status}" + (f": {text[:200]}" if text else "")
+        message = raw.decode("utf-8", "replace").strip()[:200] or http.client.responses.get(status, "error")
     kind = ERRORS_BY_CODE.get(code) or ERRORS_BY_STATUS.get(status)
     if kind is None:
         kind = InternalError if status >= 500 else LitejobsError
