@@ -1,4 +1,4 @@
-"""A real HTTP proxy on 127.0.0.1 that injects faults, for tests of HTTP clients.
+"""Real proxies on 127.0.0.1 that inject faults: FaultProxy for HTTP, TcpRelay for any TCP service.
 
 It stands where nginx or the network would: between a client and a real
 litejobs server. Each request it reads takes the next action of its `plan`
@@ -19,6 +19,7 @@ strips it before forwarding; other paths get 404. It records every request
 
 import http.client
 import json
+import socket
 import socketserver
 import threading
 
@@ -135,3 +136,77 @@ class FaultProxy:
         head = f"HTTP/1.1 {status} {http.client.responses.get(status, 'Error')}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         return (head + "\r\n").encode("latin-1") + body
+
+
+class TcpRelay:
+    """A plain TCP relay to `host`:`port` that can be cut and restored.
+
+    Cut, it closes every relayed connection and closes new ones at once: to a
+    server behind it (Redis, PostgreSQL), the service looks down.
+    """
+
+    def __init__(self, host, port):
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.is_cut = False
+        self.sockets = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self):
+        with self.lock:
+            self.is_cut = True
+            sockets, self.sockets = self.sockets, set()
+        for sock in sockets:
+            _close(sock)
+
+    def restore(self):
+        with self.lock:
+            self.is_cut = False
+
+    def stop(self):
+        self.cut()
+        _close(self.listener)
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # stopped
+            with self.lock:
+                refused = self.is_cut
+            if refused:
+                _close(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _close(client)
+                continue
+            with self.lock:
+                self.sockets |= {client, upstream}
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source, target):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        _close(source)
+        _close(target)
+
+
+def _close(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

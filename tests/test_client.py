@@ -15,16 +15,18 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 
 import pytest
 
 import client_cli
+import jobs
 import litejobs_client
 import openapi
 import settings
-from conftest import ROOT, free_port, wait_until
-from fault_proxy import FaultProxy
+from conftest import REDIS_URL, ROOT, free_port, service_or_skip, wait_until
+from fault_proxy import FaultProxy, TcpRelay
 from litejobs_client import Client
 
 pytestmark = pytest.mark.timeout(120)
@@ -281,6 +283,59 @@ def test_a_job_retry_is_sent_again_after_a_503(server, lj):
         again = fast_client(proxy.url, server.key).retry(first.id)
         assert len(proxy.requests) == 2
     assert again["parent_id"] == first.id
+
+
+@pytest.fixture(scope="module")
+def queue_behind_relay(tmp_path_factory):
+    """A server whose Redis queue is reached through a TcpRelay the test can cut: real 503s."""
+    import redis
+
+    service_or_skip("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
+    parts = urllib.parse.urlsplit(REDIS_URL)
+    relay = TcpRelay(parts.hostname, parts.port or 6379)
+    queue_url = f"redis://127.0.0.1:{relay.port}{parts.path}"
+    server = Server(tmp_path_factory.mktemp("client-redis"), QUEUE_URL=queue_url).wait_ready()
+    yield server, relay
+    relay.restore()
+    code = server.stop()
+    relay.stop()
+    jobs.make_huey(REDIS_URL).flush()  # the server's queue keys
+    store = redis.Redis.from_url(REDIS_URL)
+    for name in store.scan_iter("litejobs:ratelimit:*"):  # its rate-limit counters
+        store.delete(name)
+    store.close()
+    assert code == 0, (code, server.output())
+    server.log.close()
+
+
+def test_a_real_503_raises_unavailable_and_nothing_is_enqueued(queue_behind_relay):
+    server, relay = queue_behind_relay
+    lj = Client(server.url, key=server.key, retries=0)
+    token = uuid.uuid4().hex
+    relay.cut()
+    try:
+        with pytest.raises(litejobs_client.Unavailable) as caught:
+            lj.invoke("echo", value=token)
+    finally:
+        relay.restore()
+    error = caught.value
+    assert (error.status, error.code) == (503, "unavailable") and "queue storage unavailable" in error.message
+    assert len(error.request_id) == 12 and error.request_id in str(error)
+    assert jobs_with(lj, "echo", value=token) == []
+
+
+def test_invoke_rides_out_a_queue_outage_and_enqueues_once(queue_behind_relay):
+    server, relay = queue_behind_relay
+    token = uuid.uuid4().hex
+    relay.cut()
+    threading.Timer(0.6, relay.restore).start()
+    started = time.monotonic()
+    job = fast_client(server.url, server.key, backoff=0.05, backoff_max=0.1, retries=50).invoke(
+        "echo", value=token, wait=10
+    )
+    assert time.monotonic() - started >= 0.5  # it did wait for the queue to come back
+    assert job.status == "succeeded" and job.result == token
+    assert [j.id for j in jobs_with(Client(server.url, key=server.key), "echo", value=token)] == [job.id]
 
 
 def test_retries_are_bounded_in_attempts_and_time(server):
