@@ -80,7 +80,7 @@ def main(argv=None, url="http://127.0.0.1:8000", key=None, out=None):
     out = out or sys.stdout
     args = _parser(url, key).parse_args(argv)
     try:
-        client = Client(args.url, key=args.key)
+        client = Client(args.url, key=args.key, retries=3)  # a person waits at the prompt: give up sooner
         if args.command == "invoke":
             job = client.call(args.name, parse_arguments(args.arguments), wait=args.wait)
             jobs = [job]
