@@ -29,7 +29,6 @@ import http.client
 import json
 import random
 import select
-import sys
 import threading
 import time
 import urllib.parse
@@ -598,7 +597,9 @@ class Function:
         litejobs functions take keyword arguments only, so `args` must be empty.
         """
         if args:
-            raise TypeError(f"{self.name}: litejobs functions take keyword arguments only; use apply_async(kwargs={{…}})")
+            raise TypeError(
+                f"{self.name}: litejobs functions take keyword arguments only; use apply_async(kwargs={{…}})"
+            )
         return self.client.call(
             self.name, kwargs, idempotency_key=idempotency_key, delay=countdown, eta=eta, priority=priority
         )

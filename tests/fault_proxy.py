@@ -23,7 +23,13 @@ import socket
 import socketserver
 import threading
 
-ERROR_CODES = {429: "rate_limited", 500: "internal", 502: "bad_gateway", 503: "unavailable", 507: "insufficient_storage"}
+ERROR_CODES = {
+    429: "rate_limited",
+    500: "internal",
+    502: "bad_gateway",
+    503: "unavailable",
+    507: "insufficient_storage",
+}
 
 
 class FaultProxy:

@@ -19,14 +19,14 @@ import urllib.parse
 import uuid
 
 import pytest
+from conftest import REDIS_URL, ROOT, free_port, service_or_skip, wait_until
+from fault_proxy import FaultProxy, TcpRelay
 
 import client_cli
 import jobs
 import litejobs_client
 import openapi
 import settings
-from conftest import REDIS_URL, ROOT, free_port, service_or_skip, wait_until
-from fault_proxy import FaultProxy, TcpRelay
 from litejobs_client import Client
 
 pytestmark = pytest.mark.timeout(120)
@@ -553,6 +553,8 @@ def test_cli_argument_values_are_json_where_they_parse():
 def test_the_client_is_one_standard_library_module_for_python_3_9():
     source = (ROOT / "litejobs_client.py").read_text()
     tree = ast.parse(source, feature_version=(3, 9))  # no syntax newer than 3.9
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
