@@ -275,6 +275,44 @@ IDEMPOTENCY_KEY = {
 }
 JOB_ID = path_param("id", "the job's id; for POST, the name of the job function to call (see GET /api/v1/functions)")
 
+
+def invoke_operation(op_id, summary, deprecated=False, description=None):
+    """Calling a function: one operation, served on its own path and on the deprecated alias."""
+    op = operation(
+        op_id,
+        summary,
+        "jobs",
+        responses(
+            {
+                "200": (
+                    "the job: finished within `wait`, or the first job of a repeated Idempotency-Key",
+                    ref("Job"),
+                ),
+                "202": ("the job, queued or scheduled (also when `wait` ran out)", ref("Job"), LOCATION),
+            },
+            "404",
+            "409",
+            "422",
+            "507",
+            body=True,
+        ),
+        [
+            query_param(
+                "wait", "seconds to wait for the result, 0 to 30", {"type": "number", "minimum": 0, "maximum": 30}
+            ),
+            query_param("delay", "seconds from now to run it", {"type": "number", "minimum": 0, "maximum": 31622400}),
+            query_param("eta", "when to run it (ISO 8601; no offset means UTC); not with delay", {"type": "string"}),
+            query_param("priority", "higher runs first", {"type": "integer", "minimum": -1000, "maximum": 1000}),
+            IDEMPOTENCY_KEY,
+        ],
+        json_body({"type": "object", "description": "keyword arguments of the function"}),
+        description=description,
+    )
+    if deprecated:
+        op["deprecated"] = True
+    return op
+
+
 PATHS = {
     "/api/v1/functions": {
         "get": operation(
@@ -283,6 +321,15 @@ PATHS = {
             "jobs",
             responses({"200": ("the functions", listing("functions", ref("Function")))}),
         )
+    },
+    "/api/v1/functions/{name}/jobs": {
+        "parameters": [path_param("name", "the job function to call (see GET /api/v1/functions)")],
+        "post": invoke_operation(
+            "invokeFunction",
+            "Call job function `name` with the JSON body as its keyword arguments",
+            description="Answers 202 with the job at once, or 200 with the finished job when `wait` was given "
+            "and it finished in time (also when it failed: look at `status`).",
+        ),
     },
     "/api/v1/jobs": {
         "get": operation(
@@ -301,39 +348,13 @@ PATHS = {
     "/api/v1/jobs/{id}": {
         "parameters": [JOB_ID],
         "get": operation("getJob", "One job", "jobs", responses({"200": ("the job", ref("Job"))}, "404")),
-        "post": operation(
-            "invokeFunction",
-            "Call job function `id` with the JSON body as its keyword arguments",
-            "jobs",
-            responses(
-                {
-                    "200": (
-                        "the job: finished within `wait`, or the first job of a repeated Idempotency-Key",
-                        ref("Job"),
-                    ),
-                    "202": ("the job, queued or scheduled (also when `wait` ran out)", ref("Job"), LOCATION),
-                },
-                "404",
-                "409",
-                "422",
-                "507",
-                body=True,
-            ),
-            [
-                query_param(
-                    "wait", "seconds to wait for the result, 0 to 30", {"type": "number", "minimum": 0, "maximum": 30}
-                ),
-                query_param(
-                    "delay", "seconds from now to run it", {"type": "number", "minimum": 0, "maximum": 31622400}
-                ),
-                query_param(
-                    "eta", "when to run it (ISO 8601; no offset means UTC); not with delay", {"type": "string"}
-                ),
-                query_param("priority", "higher runs first", {"type": "integer", "minimum": -1000, "maximum": 1000}),
-                IDEMPOTENCY_KEY,
-            ],
-            json_body({"type": "object", "description": "keyword arguments of the function"}),
-            description="In this path template `id` is the function's name for POST and the job's id for GET.",
+        "post": invoke_operation(
+            "invokeFunctionDeprecated",
+            "Deprecated: call job function `id`; use POST /api/v1/functions/{name}/jobs",
+            deprecated=True,
+            description="The first path for calling a function, kept working as an alias of "
+            "POST /api/v1/functions/{name}/jobs (same body, parameters and answers). In this path "
+            "template `id` is the function's name for POST and the job's id for GET.",
         ),
     },
     "/api/v1/jobs/{id}/cancel": {
@@ -518,12 +539,12 @@ DOCUMENT = {
 
 def document(apps=(), functions=()):
     """A copy of the document with the paths of `apps` (hooks.App.openapi) and a
-    POST /api/v1/jobs/<name> for each of `functions` (jobs.Function), safe to change."""
+    POST /api/v1/functions/<name>/jobs for each of `functions` (jobs.Function), safe to change."""
     doc = copy.deepcopy(DOCUMENT)
     for app in apps:
         doc["paths"].update(copy.deepcopy(app.openapi))
     for function in functions:
-        doc["paths"][f"/api/v1/jobs/{function.name}"] = {"post": function_operation(function)}
+        doc["paths"][f"/api/v1/functions/{function.name}/jobs"] = {"post": function_operation(function)}
     return doc
 
 
@@ -540,7 +561,7 @@ ARGUMENT_TYPES = {
 
 def function_operation(function):
     """The generic invoke operation, with this function's arguments as the body's schema."""
-    operation_ = copy.deepcopy(PATHS["/api/v1/jobs/{id}"]["post"])
+    operation_ = copy.deepcopy(PATHS["/api/v1/functions/{name}/jobs"]["post"])
     properties, required = {}, []
     for param in function.params:
         spec = param.to_dict()

@@ -341,6 +341,10 @@ CERTIFICATE_FONT = _define(
 POST_RETENTION_DAYS = _define(
     "POST_RETENTION_DAYS", 180, "posts older than this with no likes, comments or shares are removed", _int(1, 36500)
 )
+LITEJOBS_URL = _define(
+    "LITEJOBS_URL", "", "litejobs that `web.py invoke/jobs/cancel/retry` call; empty: BASE_URL", _url("http", "https")
+)
+LITEJOBS_KEY = _define("LITEJOBS_KEY", "", "API key that `web.py invoke/jobs/cancel/retry` send")
 
 if _errors:
     sys.exit("litejobs: invalid settings:\n  " + "\n  ".join(_errors))

@@ -21,6 +21,7 @@ from bottle import BaseRequest, Bottle, HTTPResponse, request, response
 from peewee import PeeweeException
 
 
+import client_cli
 import dashboard
 import health
 import jobs
@@ -141,7 +142,8 @@ def list_functions():
     return {"functions": [f.to_dict() for f in jobs.public_functions()]}
 
 
-@api("/api/v1/jobs/<name>", "POST")
+@api("/api/v1/functions/<name>/jobs", "POST")
+@api("/api/v1/jobs/<name>", "POST")  # the first path, kept as a deprecated alias
 def invoke(name):
     """Enqueue a call of function `name` with the JSON body as its arguments."""
     function = jobs.FUNCTIONS.get(name)
@@ -401,8 +403,14 @@ def supervise(consumer):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in client_cli.COMMANDS:
+        # Calls over HTTP with the client, so they work against a remote litejobs too.
+        sys.exit(client_cli.main(argv, url=settings.LITEJOBS_URL or settings.BASE_URL, key=settings.LITEJOBS_KEY))
     parser = argparse.ArgumentParser(prog="python web.py", description="litejobs: jobs, schedules and a dashboard")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, about in client_cli.COMMANDS.items():
+        commands.add_parser(name, help=about)  # listed in --help; run by client_cli.main above
     run = commands.add_parser("run", help="serve the web app (and a consumer)")
     run.add_argument("--no-consumer", action="store_true", help="serve only; run huey_consumer jobs.huey apart")
     run.add_argument("--reload", action="store_true", help="restart when a file of an app or FUNCTIONS_DIR changes")

@@ -80,7 +80,7 @@ def test_a_functions_file_pasted_from_the_readme_works_after_a_restart(running, 
     assert schedules["close_stale_carts"]["cron"] == "*/10 * * * *"
     workers = client.get("/api/v1/workers").json["workers"]
     assert "shop" in workers[0]["apps"]
-    invoke = client.get("/api/v1/openapi.json").json["paths"]["/api/v1/jobs/send_receipt"]["post"]
+    invoke = client.get("/api/v1/openapi.json").json["paths"]["/api/v1/functions/send_receipt/jobs"]["post"]
     body = invoke["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"] == {"order_id": {"type": "integer"}} and body["required"] == ["order_id"]
 

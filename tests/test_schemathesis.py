@@ -35,7 +35,7 @@ OPERATIONS = [
 # above with that function's arguments as the body schema, served by the same handler.
 # Fuzzing each again took about 30 s per function for no new code path; they are
 # checked to be served, and test_bad_input.py covers argument validation.
-FUNCTION_OPERATIONS = {("POST", f"/api/v1/jobs/{function.name}") for function in jobs.public_functions()}
+FUNCTION_OPERATIONS = {("POST", f"/api/v1/functions/{function.name}/jobs") for function in jobs.public_functions()}
 # Operations with no parameters and no body have no invalid request to generate.
 HAS_INPUT = {
     (method.upper(), path)
