@@ -59,9 +59,11 @@ def database_label(backend):
     return "PostgreSQL db" if "postgresql" in backend else "SQLite db"
 
 
-def produce(system, n, env, data_dir, timeout=600):
-    """Run bench/bench_producer.py SYSTEM N in `env`; returns its enqueue seconds."""
+def produce(system, n, env, data_dir, timeout=600, interval=None):
+    """Run bench/bench_producer.py SYSTEM N [INTERVAL] in `env`; returns its enqueue seconds."""
     cmd = [common.PY, str(common.BENCH / "bench_producer.py"), system, str(n)]
+    if interval is not None:
+        cmd.append(str(interval))
     done = subprocess.run(cmd, cwd=common.BENCH, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode:
         raise RuntimeError(f"producer {system} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
