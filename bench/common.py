@@ -57,8 +57,29 @@ def driver_setup():
         os.environ.pop(name, None)
     os.environ["DATA_DIR"] = str(run_root() / "driver")
     os.environ["LOG_LEVEL"] = "WARNING"
+    # What this process and the scripts it starts make goes inside its own folder.
+    os.environ[SCRATCH_PARENT_ENV] = str(run_root())
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+
+
+def shadowing_modules(folder=BENCH):
+    """Modules in bench/ whose name is also importable from elsewhere (the project, the
+    standard library, the venv): as a script's folder comes first on sys.path, such a
+    module would shadow the other one. Returns {name: the other module's origin}."""
+    import importlib.machinery
+
+    folder = Path(folder).resolve()
+    elsewhere = [p for p in sys.path if Path(p or ".").resolve() not in (BENCH, folder)]
+    elsewhere.insert(0, str(ROOT))
+    found = {}
+    for path in sorted(folder.glob("*.py")):
+        spec = importlib.machinery.PathFinder.find_spec(path.stem, elsewhere)
+        if spec is None and path.stem in sys.builtin_module_names:
+            found[path.stem] = "built-in"
+        elif spec is not None:
+            found[path.stem] = spec.origin
+    return found
 
 
 def add_counts(into, counts):

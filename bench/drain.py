@@ -20,8 +20,8 @@ Other modes, for finding out what a figure owes to the way it was taken
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
-import sys
 import time
 
 import common
@@ -70,6 +70,19 @@ def produce(system, n, env, data_dir, timeout=600, interval=None):
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
+def database_bytes(database_url):
+    """Bytes the app database takes on disk (SQLite after a checkpoint; PostgreSQL's job table)."""
+    if database_url.startswith("sqlite:///"):
+        path = database_url[len("sqlite:///"):]
+        with sqlite3.connect(path) as conn:
+            conn.execute("pragma wal_checkpoint(truncate)")
+        return common.Path(path).stat().st_size
+    import psycopg
+
+    with psycopg.connect(common.POSTGRES_URL, autocommit=True) as conn:
+        return conn.execute(f"SELECT pg_total_relation_size('{common.POSTGRES_SCHEMA}.job')").fetchone()[0]
+
+
 def consumer_rss(processes):
     """Resident MiB of the consumer processes and their process workers."""
     pids = []
@@ -111,6 +124,7 @@ def drain_litejobs(backend, kind="thread", workers=4, n=20000, timeout=300, mode
     data_dir = common.scratch(f"drain-lj-{backend.replace('+', '-')}-{kind}")
     database_url, queue_url, _ = urls(backend, data_dir)
     lj.use(database_url, queue_url)
+    bytes_before = database_bytes(database_url)
     env = common.service_env(data_dir, database_url, queue_url, **settings)
     cmd = common.consumer_cmd("jobs.huey", workers, kind)
     consumers = []
@@ -136,6 +150,7 @@ def drain_litejobs(backend, kind="thread", workers=4, n=20000, timeout=300, mode
     seconds = (last - first).total_seconds()
     counts = lj.statuses()
     lj.close()
+    bytes_per_job = round((database_bytes(database_url) - bytes_before) / count)
     shown = common.shown(cmd) + (f"  (×{processes} processes)" if processes > 1 else "")
     if web_cmd:
         shown = f"{web_cmd} + {shown}"
@@ -144,6 +159,7 @@ def drain_litejobs(backend, kind="thread", workers=4, n=20000, timeout=300, mode
         "seconds": round(seconds, 3),
         "enqueue_per_s": round(n / enqueue_s, 1),
         "consumer_rss_mb": rss,
+        "database_bytes_per_job": bytes_per_job,
         "statuses": counts,
         "mode": mode,
         "processes": processes,
