@@ -42,38 +42,50 @@ def bulk_load(path, n, old_days=(31, 91), seed=7):
     columns = ", ".join(f'"{f.column_name}"' for f in fields)
     sql = f'INSERT INTO "job" ({columns}) VALUES ({", ".join("?" * len(fields))})'
 
+    names = [f.name for f in fields]
+    fixed = {"args": "{}", "attempts": 1, "duration_ms": 2.0, "worker": "bench:1:Worker-1", "queue": "default"}
+    template = [fixed.get(name, defaults[name]) for name in names]
+    at = {name: names.index(name) for name in
+          ("id", "name", "status", "result", "error", "enqueued_at", "started_at", "finished_at")}
+    step = datetime.timedelta(milliseconds=3)
+
     def rows():
         # Oldest first, as a live history grows; ids are random (uuid4) as submit() makes them.
         for i in range(n):
             enqueued = now - datetime.timedelta(days=old_days[0], seconds=span * (1 - i / n))
             name = NAMES[i % 4]
             failed = name == "fail" or i % 50 == 0
-            row = dict(defaults)
-            row.update(
-                id=str(uuid.UUID(int=ids[i], version=4)),
-                name=name,
-                args="{}",
-                status="failed" if failed else "succeeded",
-                result=None if failed else '"pong"',
-                error="JobError: boom" if failed else None,
-                attempts=1,
-                enqueued_at=str(enqueued),
-                started_at=str(enqueued + datetime.timedelta(milliseconds=3)),
-                finished_at=str(enqueued + datetime.timedelta(milliseconds=5)),
-                duration_ms=2.0,
-                worker="bench:1:Worker-1",
-                queue="default",
-            )
-            yield tuple(row[f.name] for f in fields)
+            row = list(template)
+            row[at["id"]] = str(uuid.UUID(int=ids[i], version=4))
+            row[at["name"]] = name
+            row[at["status"]] = "failed" if failed else "succeeded"
+            row[at["result"]] = None if failed else '"pong"'
+            row[at["error"]] = "JobError: boom" if failed else None
+            row[at["enqueued_at"]] = str(enqueued)
+            row[at["started_at"]] = str(enqueued + step)
+            row[at["finished_at"]] = str(enqueued + step + step)
+            yield row
 
     started = time.perf_counter()
     conn = sqlite3.connect(path)
-    conn.execute("pragma journal_mode=wal")
+    conn.execute("pragma journal_mode=off")  # a scratch file: no journal while loading
     conn.execute("pragma synchronous=off")
+    conn.execute("pragma cache_size=-262144")
+    # Indexes and triggers are set aside and made again after the load: building an
+    # index from sorted rows at the end is many times faster than growing it row by row.
+    # (The insert trigger counts enqueues for /metrics; these rows are not counted.)
+    extras = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'job' AND sql IS NOT NULL "
+        "AND type IN ('index', 'trigger')"
+    ).fetchall()
+    for kind, name, _ in extras:
+        conn.execute(f'DROP {kind.upper()} "{name}"')
     with conn:
         conn.executemany(sql, rows())
+    for _, _, create in extras:
+        conn.execute(create)
     conn.execute("analyze")
-    conn.execute("pragma wal_checkpoint(truncate)")  # start the web process on a small WAL
+    conn.execute("pragma journal_mode=wal")
     conn.close()
     return time.perf_counter() - started
 
