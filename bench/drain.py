@@ -119,14 +119,15 @@ def _http_enqueue(data_dir, env, n, clients=16):
     return sent["seconds"], common.shown(web.args)
 
 
-def drain_litejobs(backend, kind="thread", workers=4, n=20000, timeout=300, mode="live", processes=1, **settings):
+def drain_litejobs(backend, kind="thread", workers=4, n=20000, timeout=300, mode="live", processes=1,
+                   consumer_args=(), **settings):
     """Drain n pings with `processes` standalone consumers; returns the figures."""
     data_dir = common.scratch(f"drain-lj-{backend.replace('+', '-')}-{kind}")
     database_url, queue_url, _ = urls(backend, data_dir)
     lj.use(database_url, queue_url)
     bytes_before = database_bytes(database_url)
     env = common.service_env(data_dir, database_url, queue_url, **settings)
-    cmd = common.consumer_cmd("jobs.huey", workers, kind)
+    cmd = common.consumer_cmd("jobs.huey", workers, kind, *consumer_args)
     consumers = []
     web_cmd = None
     try:
@@ -312,6 +313,8 @@ VARIANTS = [
     ("the old row: in-process enqueue first, then the consumer", {"mode": "inline"}),
     ("the old row with HEARTBEAT_INTERVAL=1", {"mode": "inline", "HEARTBEAT_INTERVAL": 1}),
     ("the old row with LOG_LEVEL=INFO", {"mode": "inline", "LOG_LEVEL": "INFO"}),
+    ("the old row with huey_consumer -q (huey's own per-job INFO lines off)", {"mode": "inline", "consumer_args": ("-q",)}),
+    ("producer process while the consumer runs, huey_consumer -q", {"mode": "live", "consumer_args": ("-q",)}),
 ]
 
 

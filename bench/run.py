@@ -158,9 +158,11 @@ def plan(opts):
         ("memory", lambda: bench_scaling.memory_rows(opts.memory_jobs), False),
         ("history", lambda: history.rows(opts.history_rows, prune_rows=opts.prune_rows), False),
         *([("liveness", lambda: liveness_rows(quick), False)] if (common.BENCH / "liveness.py").exists() else []),
-        ("orders", lambda: script_rows("bench_orders", ["--orders", "5000"], 600), False),
-        ("periodic", lambda: script_rows("periodic", ["--users", "10000", "--posts", "100000"], 600), False),
-        ("media", lambda: script_rows("bench_media", [], 600), False),
+        # Not in the quick run; with --only and --quick they take small sizes.
+        ("orders", lambda: script_rows("bench_orders", ["--orders", "500" if quick else "5000"], 600), False),
+        ("periodic", lambda: script_rows("periodic", ["--users", "1000", "--posts", "10000"] if quick
+                                         else ["--users", "10000", "--posts", "100000"], 600), False),
+        ("media", lambda: script_rows("bench_media", ["--images", "4", "--limits", "1"] if quick else [], 600), False),
     ]
 
 
