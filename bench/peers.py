@@ -229,6 +229,8 @@ def rows(quick=False, n=20000, idle=30.0, latency_n=500, only=None):
             "target": "litejobs ≥ 1.0×",
             "met": ratio >= 1.0,
         })
+        if quick:
+            continue  # the quick run keeps the drains; pickup latency is in the full run
         data = latency_peer(peer, n=latency_n, idle=idle)
         out.append(_row(f"peer-latency-{peer}",
                         f"peer pickup latency, {latency_n} jobs 10 ms apart: {PEERS[peer][1]}",
