@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast faults lint consumer bench bench-orders clean
+.PHONY: run test test-fast faults lint consumer bench bench-quick bench-orders docs clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt
@@ -31,16 +31,27 @@ test-fast: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
+
 # The fault suite alone (make test runs it too): Redis, PostgreSQL, consumers and a disk failing.
 faults: $(VENV)/.installed-test
 	$(PY) -m pytest -m faults
 
-bench: $(VENV)/.installed-test
+# The peers (Celery, RQ, Dramatiq, Procrastinate) are measured in the same run.
+$(VENV)/.installed-peers: $(VENV)/.installed-test bench/requirements-peers.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-peers.txt
+	touch $@
+
+# Every row; exits non-zero when a row fails. BENCH_REDIS_URL and BENCH_POSTGRES_URL pick the services.
+bench: $(VENV)/.installed-peers
 	$(PY) bench/run.py
+
+# The headline rows at small sizes, in under 5 minutes.
+bench-quick: $(VENV)/.installed-peers
+	$(PY) bench/run.py --quick
 
 # 10,000 due orders against the sandbox at 100 ms: greenlet -w 100 vs thread -w 8.
 bench-orders: $(VENV)/.installed-test
-	$(PY) bench/orders.py
+	$(PY) bench/bench_orders.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data

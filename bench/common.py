@@ -26,6 +26,9 @@ PY = sys.executable
 # The services the benchmarks use, each with a name of its own so a benchmark
 # never touches the test suite's Redis db (15) or PostgreSQL tables.
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+# bench/run.py sets this to its own scratch folder, so the scripts it runs make
+# theirs inside it and one removal at the end takes them all, even after a failure.
+SCRATCH_PARENT_ENV = "BENCH_SCRATCH"
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 POSTGRES_SCHEMA = "litejobs_bench"
 
@@ -44,6 +47,39 @@ OWN_SETTINGS = (
 )
 
 _run_root = None
+_processes = []  # every Process started, so cleanup() can stop what a failed row left running
+
+
+def driver_setup():
+    """Point the driver's own litejobs at a scratch folder, before it is imported
+    (settings are read once, at import), and put the project first on sys.path."""
+    for name in OWN_SETTINGS:
+        os.environ.pop(name, None)
+    os.environ["DATA_DIR"] = str(run_root() / "driver")
+    os.environ["LOG_LEVEL"] = "WARNING"
+    # What this process and the scripts it starts make goes inside its own folder.
+    os.environ[SCRATCH_PARENT_ENV] = str(run_root())
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def shadowing_modules(folder=BENCH):
+    """Modules in bench/ whose name is also importable from elsewhere (the project, the
+    standard library, the venv): as a script's folder comes first on sys.path, such a
+    module would shadow the other one. Returns {name: the other module's origin}."""
+    import importlib.machinery
+
+    folder = Path(folder).resolve()
+    elsewhere = [p for p in sys.path if Path(p or ".").resolve() not in (BENCH, folder)]
+    elsewhere.insert(0, str(ROOT))
+    found = {}
+    for path in sorted(folder.glob("*.py")):
+        spec = importlib.machinery.PathFinder.find_spec(path.stem, elsewhere)
+        if spec is None and path.stem in sys.builtin_module_names:
+            found[path.stem] = "built-in"
+        elif spec is not None:
+            found[path.stem] = spec.origin
+    return found
 
 
 def add_counts(into, counts):
@@ -65,7 +101,8 @@ def run_root():
     """The scratch folder of this run; every row makes its own folder inside it."""
     global _run_root
     if _run_root is None:
-        _run_root = Path(tempfile.mkdtemp(prefix="litejobs-bench-"))
+        parent = os.environ.get(SCRATCH_PARENT_ENV) or None
+        _run_root = Path(tempfile.mkdtemp(prefix="litejobs-bench-", dir=parent))
     return _run_root
 
 
@@ -76,8 +113,17 @@ def scratch(name):
 
 
 def cleanup():
+    """Stop every process still running and remove this run's scratch folder."""
+    global _run_root
+    for process in _processes:
+        try:
+            process.stop(timeout=10)
+        except Exception:  # noqa: BLE001 - cleaning up must go on
+            pass
+    _processes.clear()
     if _run_root is not None:
         shutil.rmtree(_run_root, ignore_errors=True)
+        _run_root = None
 
 
 def postgres_url(schema=POSTGRES_SCHEMA):
@@ -128,6 +174,7 @@ class Process:
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.started = time.monotonic()
+        _processes.append(self)
 
     @property
     def pid(self):
@@ -137,6 +184,8 @@ class Process:
         return self.popen.poll() is None
 
     def stop(self, timeout=30):
+        if self in _processes:
+            _processes.remove(self)
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGINT)
             try:
@@ -144,7 +193,8 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.popen.returncode
 
     def tail(self, lines=20):
@@ -199,6 +249,14 @@ def cpu_seconds(pid):
     """User + system CPU seconds used by process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def peak_rss_mb(pid):
+    """The peak resident set of `pid` in MiB (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def rss_mb(pid):
@@ -373,3 +431,36 @@ def hammer(port, key, make_request, clients, duration, warmup=1.0):
         "errors": errors,
         "accepted": accepted,
     }
+
+
+def send_n(port, key, n, clients, make_request):
+    """Send exactly `n` requests `make_request(client, i)` -> (method, path, body) from
+    `clients` keep-alive connections at once; returns {"seconds", "latencies",
+    "statuses", "errors"}."""
+    lock = threading.Lock()
+    latencies, statuses, errors = [], {}, {}
+    shares = [n // clients + (1 if c < n % clients else 0) for c in range(clients)]
+
+    def client(number):
+        conn = Http(port, key)
+        mine, my_status, my_errors = [], {}, {}
+        for i in range(shares[number]):
+            method, path, body = make_request(number, i)
+            started = time.monotonic()
+            try:
+                status, _ = conn.request(method, path, body)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, by kind
+                my_errors[type(exc).__name__] = my_errors.get(type(exc).__name__, 0) + 1
+                conn.close()
+                continue
+            mine.append(time.monotonic() - started)
+            my_status[status] = my_status.get(status, 0) + 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            add_counts(statuses, my_status)
+            add_counts(errors, my_errors)
+
+    started = time.monotonic()
+    run_clients(client, clients, 600)
+    return {"seconds": time.monotonic() - started, "latencies": latencies, "statuses": statuses, "errors": errors}

@@ -149,24 +149,31 @@ def main():
         ).stdout.split()
         names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
         print(f"{'job':32} {'status':10} {'time s':>8} {'peak MB':>8}  result")
-        misses = []
+        misses, failed = [], []
         for name in names:
             out = subprocess.run([py, __file__, "--run-one", name], cwd=common.ROOT, env=env, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{name:32} crashed: {out.stderr.strip().splitlines()[-1:]}")
                 misses.append(name)
+                failed.append(name)
                 continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
             summary = json.dumps(row["result"])[:90] if row["status"] == "succeeded" else (row["error"] or "")[:90]
             print(f"{name:32} {row['status']:10} {row['seconds']:8.2f} {row['peak_mb']:8.1f}  {summary}")
             if row["seconds"] > TARGET_S or row["peak_mb"] > TARGET_MB or row["status"] != "succeeded":
                 misses.append(name)
+            if row["status"] != "succeeded":
+                failed.append(name)
 
         if not args.no_digests and "send_weekly_digest" in names:
             misses += send_digests(data_dir, env)
         print(f"\ntargets: each job <= {TARGET_S:g} s and <= {TARGET_MB} MB peak; "
               + ("all met" if not misses else f"missed by {', '.join(misses)}"))
         print(f"command: .venv/bin/python bench/periodic.py --users {args.users} --posts {args.posts}")
+        if failed:
+            print(f"failed: {', '.join(failed)}")
+            return 1
+        return 0
     finally:
         common.cleanup()
 
@@ -204,4 +211,4 @@ def send_digests(data_dir, env):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,13 +1,21 @@
-"""The web process: HTTP enqueue under load, synchronous invoke (?wait=), and the
-memory footprint of `web.py run` idle and after a drain, all against real
-`python web.py run` processes on 127.0.0.1.
+"""The web process: HTTP enqueue under load beside the ceiling (a bare bottle +
+gevent app, bench/bench_ceiling.py, driven by the same client), synchronous
+invoke (?wait=), and the memory footprint of `web.py run` idle and after a
+drain, all against real `python web.py run` processes on 127.0.0.1.
+
+    .venv/bin/python bench/web_rows.py --profile [--seconds 5]   # cProfile of the enqueue path
 """
 
 import json
+import sys
 import time
 
 import common
-import lj
+
+if __name__ == "__main__":
+    common.driver_setup()
+
+import lj  # noqa: E402
 
 
 def http_enqueue(clients=16, duration=20.0):
@@ -56,6 +64,56 @@ def http_enqueue(clients=16, duration=20.0):
         "clients": clients,
         "duration_s": duration,
     }
+
+
+def ceiling(clients=16, duration=20.0):
+    """The same client as http_enqueue against the bare bottle + gevent app."""
+    data_dir = common.scratch("ceiling")
+    port = common.free_port()
+    cmd = [common.PY, str(common.BENCH / "bench_ceiling.py"), str(port)]
+    process = common.Process(cmd, common.service_env(data_dir), data_dir / "ceiling.log")
+    try:
+        common.wait_http(port, process=process)
+        load = common.hammer(port, None, lambda c, i: ("POST", "/api/v1/jobs/ping", {}), clients, duration)
+    finally:
+        process.stop()
+    latencies = load["latencies"]
+    ok = load["statuses"].get(202, 0)
+    return {
+        "requests_per_s": round(ok / duration, 1),
+        "p50_ms": common.ms(common.percentile(latencies, 50)),
+        "p99_ms": common.ms(common.percentile(latencies, 99)),
+        "errors": sum(n for code, n in load["statuses"].items() if code != 202) + sum(load["errors"].values()),
+        "command": common.shown(cmd),
+    }
+
+
+def profile_enqueue(seconds=5.0, clients=16, top=25):
+    """cProfile of `web.py run --no-consumer` while `clients` POST pings for `seconds`;
+    prints the functions with the most time of their own and below them."""
+    import pstats
+
+    data_dir = common.scratch("profile")
+    env = common.service_env(data_dir)
+    key = common.create_key(env)
+    port = common.free_port()
+    out = data_dir / "web.prof"
+    env = common.service_env(data_dir, PORT=port)
+    cmd = [common.PY, "-m", "cProfile", "-o", str(out), "web.py", "run", "--no-consumer"]
+    web = common.Process(cmd, env, data_dir / "web.log")
+    try:
+        common.wait_http(port, process=web)
+        load = common.hammer(port, key, lambda c, i: ("POST", "/api/v1/jobs/ping", {}), clients, seconds)
+    finally:
+        web.stop()
+    print(f"{load['statuses']} in {seconds:g} s under cProfile ({common.shown(cmd)})")
+    keep = common.BENCH / "results" / f"enqueue-{time.strftime('%Y%m%d-%H%M%S')}.prof"
+    keep.parent.mkdir(exist_ok=True)
+    keep.write_bytes(out.read_bytes())
+    print(f"profile kept in {keep.relative_to(common.ROOT)} (python -m pstats {keep.relative_to(common.ROOT)})")
+    stats = pstats.Stats(str(keep))
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 def sync_invoke(port, key, n=200):
@@ -113,9 +171,23 @@ def footprint(n=20000, timeout=300):
 
 
 def rows(quick=False, clients=16, duration=20.0):
-    data = http_enqueue(clients, 5.0 if quick else duration)
+    duration = 5.0 if quick else duration
+    data = http_enqueue(clients, duration)
     sync = data.pop("sync")
+    top = ceiling(clients, duration)
+    ratio = data["requests_per_s"] / top["requests_per_s"]
     return [
+        {
+            "id": "http-ceiling",
+            "benchmark": f"HTTP enqueue against its ceiling: POST /api/v1/jobs/ping vs a bare bottle + gevent app "
+            f"(TCP_NODELAY, 202 and a small JSON body), same {clients} keep-alive clients, {duration:g} s each",
+            "litejobs": f"{data['requests_per_s']:,.0f} jobs/s",
+            "baseline": f"bare app {top['requests_per_s']:,.0f} requests/s",
+            "result": f"{ratio:.2f}×; bare app p50 {top['p50_ms']} / p99 {top['p99_ms']} ms, {top['errors']} errors",
+            "target": "≥ 0.6×",
+            "met": ratio >= 0.6,
+            "data": {**top, "ratio": round(ratio, 3)},
+        },
         {
             "id": "http-enqueue",
             "benchmark": f"HTTP enqueue: POST /api/v1/jobs/ping, {data['clients']} keep-alive clients, "
@@ -166,3 +238,20 @@ def footprint_rows(n=20000):
             "data": data,
         },
     ]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", action="store_true", help="cProfile the enqueue path of web.py run")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    try:
+        if args.profile:
+            profile_enqueue(args.seconds)
+        else:
+            for row in rows(quick=True):
+                print(f"{row['benchmark']}: {row['litejobs']}  {row['baseline']}  {row['result']}")
+    finally:
+        common.cleanup()

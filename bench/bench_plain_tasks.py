@@ -13,7 +13,8 @@ import time
 from huey import Huey
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 
-_SCRATCH = os.path.join(tempfile.gettempdir(), "litejobs-bench-plain")
+# bench/run.py's own scratch folder when it runs, so nothing is left in /tmp.
+_SCRATCH = os.path.join(os.environ.get("BENCH_SCRATCH") or tempfile.gettempdir(), "litejobs-bench-plain")
 URL = os.environ.get("BENCH_QUEUE_URL", f"sqlite:///{_SCRATCH}-queue.db")
 MARKS = os.environ.get("BENCH_MARKS", f"{_SCRATCH}-marks.txt")
 
