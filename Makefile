@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test consumer bench bench-orders clean
+.PHONY: run test consumer bench bench-orders docs clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt
@@ -31,5 +31,13 @@ bench: $(VENV)/.installed-test
 bench-orders: $(VENV)/.installed-test
 	$(PY) bench/orders.py
 
+$(VENV)/.installed-docs: $(VENV)/.installed requirements-docs.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-docs.txt
+	touch $@
+
+# The documentation site in site/; --strict fails on any broken link or anchor.
+docs: $(VENV)/.installed-docs
+	$(PY) -m mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .pytest_cache data
+	rm -rf $(VENV) .pytest_cache data site
