@@ -53,5 +53,13 @@ bench-quick: $(VENV)/.installed-peers
 bench-orders: $(VENV)/.installed-test
 	$(PY) bench/bench_orders.py
 
+$(VENV)/.installed-docs: $(VENV)/.installed requirements-docs.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-docs.txt
+	touch $@
+
+# The documentation site in site/; --strict fails on any broken link or anchor.
+docs: $(VENV)/.installed-docs
+	$(PY) -m mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .pytest_cache data
+	rm -rf $(VENV) .pytest_cache data site
