@@ -59,7 +59,7 @@ $(VENV)/.installed-docs: $(VENV)/.installed requirements-docs.txt
 
 # The documentation site in site/; --strict fails on any broken link or anchor.
 docs: $(VENV)/.installed-docs
-	$(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache data site
