@@ -27,6 +27,7 @@ from huey.exceptions import CancelExecution, TaskTimeout
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
+import backup
 import settings
 from models import TERMINAL, WAITING, WAL_CHECKPOINT_PAGES, Job, Worker, close_all_connections, create_tables, utcnow
 from models import ApiKey, LoginFailure, Token, User, bulk_insert, checkpoint, db, isoformat
@@ -756,6 +757,7 @@ class Consumer(huey_consumer.Consumer):
             self.max_delay = max(self.max_delay, WATCHED_POLL_DELAY)
             for worker, _ in self.worker_threads:
                 worker.max_delay = self.max_delay
+        self.running_lock = backup.running_lock()  # held while it runs: restore refuses meanwhile
         if self.worker_type == "process":
             close_all_connections()  # each forked worker opens its own
         super().start()
@@ -786,6 +788,8 @@ class Consumer(huey_consumer.Consumer):
     def stop(self, graceful=False):
         super().stop(graceful)
         Worker.update(stopped_at=utcnow()).where(Worker.id == CONSUMER_ID).execute()
+        if getattr(self, "running_lock", None) is not None:
+            self.running_lock.close()
 
 
 # -- Periodic work ------------------------------------------------------------------

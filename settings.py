@@ -141,6 +141,9 @@ DATABASE_URL = _define(
     "app database: SQLite file in DATA_DIR by default, postgresql://… to scale out",
     _url("sqlite", "postgresql"),
 )
+FUNCTIONS_DIR = Path(_define("FUNCTIONS_DIR", "./functions", "folder of your own job functions (backed up with DATA_DIR)"))
+if not FUNCTIONS_DIR.is_absolute():
+    FUNCTIONS_DIR = (Path.cwd() / FUNCTIONS_DIR).resolve()
 QUEUE_URL = _define(
     "QUEUE_URL",
     f"sqlite:///{(DATA_DIR / 'queue.db').as_posix()}",

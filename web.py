@@ -5,6 +5,13 @@ same process; `python web.py create-key NAME` makes an API key.
 """
 
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["restore"]:
+        # Before the imports below open the database and queue that restore replaces.
+        import backup
+
+        sys.exit(backup.main(sys.argv[2:]))
     # gevent must patch the standard library before anything else imports it.
     from gevent import monkey
 
@@ -24,6 +31,7 @@ from bottle import BaseRequest, Bottle, HTTPResponse, MultipartError, request, r
 from peewee import IntegrityError, PeeweeException
 
 import analytics
+import backup
 import courses
 import dashboard
 import jobs
@@ -934,6 +942,7 @@ def serve(with_consumer=True):
             super().handle()
 
     prepare()
+    running = backup.running_lock()  # noqa: F841 (held while serving: restore refuses meanwhile)
     consumer = None
     if with_consumer:
         consumer = jobs.huey.create_consumer(workers=settings.WORKERS, embedded=True)
@@ -993,8 +1002,11 @@ def main(argv=None):
     demo.add_argument("--posts", type=int, default=10000, help="how many posts (default 10000)")
     demo.add_argument("--weeks", type=int, default=4, help="spread over this many past weeks (default 4)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for the same data every time")
-    copy = commands.add_parser("backup", help="copy the SQLite database and queue into folder DEST, while running")
+    copy = commands.add_parser("backup", help="write one checked archive of the data into folder DEST, while running")
     copy.add_argument("dest")
+    copy.add_argument("--keep", type=int, default=None, metavar="N", help="then delete all but the newest N archives")
+    restore = commands.add_parser("restore", help="check a backup archive and put it back (litejobs stopped)")
+    restore.add_argument("archive")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -1032,13 +1044,14 @@ def main(argv=None):
             jobs.enqueue("recalculate_course_progress", enrollment_id=enrollment_id)
         print(", ".join(f"{n} {what}" for what, n in counts.items()))
     elif args.command == "backup":
-        import backup
-
+        if args.keep is not None and args.keep < 1:
+            sys.exit("litejobs: --keep needs 1 or more")
         try:
-            for path in backup.backup(args.dest):
-                print(f"backed up to {path}")
+            print(f"backed up to {backup.backup(args.dest, keep=args.keep)}")
         except (backup.BackupError, OSError) as exc:
             sys.exit(f"litejobs: backup failed: {exc}")
+    elif args.command == "restore":
+        sys.exit(backup.main([args.archive]))
 
 
 if __name__ == "__main__":
