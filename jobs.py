@@ -25,7 +25,7 @@ from huey import consumer as huey_consumer
 from huey import Huey, signals
 from huey.exceptions import CancelExecution, TaskTimeout
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
-from peewee import IntegrityError, PeeweeException
+from peewee import IntegrityError, PeeweeException, SqliteDatabase
 
 import backup
 import settings
@@ -555,6 +555,17 @@ def _record_outcome(message, value, exc):
         Job.mark_finished(message.id, "failed", error=error, traceback=trace, started_at=started_at)
         webhooks.job_event(message.id, message.name, "failed")
         _log_finished(message, "failed", started_at, error)
+
+
+@huey.post_execute()
+def _return_connection(message, value, exc):
+    """Hand the worker's PostgreSQL connection back to the pool once its job is recorded.
+
+    Registered after _record_outcome, so it runs after it. SQLite keeps its
+    per-thread connection: reopening costs more there than it frees.
+    """
+    if not isinstance(db.obj, SqliteDatabase) and not db.is_closed() and not db.in_transaction():
+        db.close()
 
 
 def _log_finished(message, status, started_at, error=None):

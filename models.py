@@ -40,10 +40,10 @@ from peewee import (
     chunked,
     fn,
 )
-from playhouse.db_url import connect as connect_url
 from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 from playhouse.migrate import SchemaMigrator, migrate
 
+import dburl
 import settings
 
 logger = logging.getLogger("litejobs.models")
@@ -83,7 +83,8 @@ WAL_CHECKPOINT_PAGES = 10_000
 
 
 def open_database(url):
-    """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes."""
+    """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes,
+    PostgreSQL a connection pool (dburl.py)."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         settings.ensure_dir(path.parent, "DATABASE_URL")
@@ -103,7 +104,7 @@ def open_database(url):
         )
         database.timeout = 10  # the busy timeout (the pool's own `timeout` is its wait for a free connection)
         return database
-    return connect_url(url)
+    return dburl.open_postgres(url)
 
 
 MODELS = []  # every table; each BaseModel subclass adds itself

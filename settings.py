@@ -90,8 +90,9 @@ def _url(*schemes):
 
     def parse(raw):
         scheme = urlsplit(raw).scheme
-        if scheme == "postgres":
-            raw, scheme = "postgresql" + raw[len("postgres") :], "postgresql"
+        if scheme.split("+")[0] in ("postgres", "postgresql"):
+            # postgres://, postgresql+pool://, postgresql+psycopg://: the forms people paste; all pooled.
+            raw, scheme = "postgresql" + raw[len(scheme) :], "postgresql"
         if scheme not in schemes:
             expected = " or ".join(forms[s] for s in schemes)
             raise ValueError(f"unknown scheme {scheme!r}; use {expected}")
@@ -144,6 +145,9 @@ DATABASE_URL = _define(
 FUNCTIONS_DIR = Path(_define("FUNCTIONS_DIR", "./functions", "folder of your own job functions (backed up with DATA_DIR)"))
 if not FUNCTIONS_DIR.is_absolute():
     FUNCTIONS_DIR = (Path.cwd() / FUNCTIONS_DIR).resolve()
+DATABASE_POOL_SIZE = _define(
+    "DATABASE_POOL_SIZE", 20, "most PostgreSQL connections each web process or consumer keeps open", _int(1, 1000)
+)
 QUEUE_URL = _define(
     "QUEUE_URL",
     f"sqlite:///{(DATA_DIR / 'queue.db').as_posix()}",

@@ -121,6 +121,7 @@ def plan(opts):
         ("latency-standalone-redis", lambda: latency_rows("standalone", "redis", opts)),
         ("latency-standalone-postgresql", lambda: latency_rows("standalone", "postgresql", opts)),
         ("http", lambda: web_rows.rows(quick=quick, duration=opts.http_seconds)),
+        ("http-enqueue-postgresql", lambda: web_rows.postgresql_rows(quick=quick, duration=opts.http_seconds)),
         ("footprint", lambda: web_rows.footprint_rows(opts.jobs)),
         ("history", lambda: history.rows(opts.history_rows)),
         ("peers", lambda: peers.rows(quick=quick, n=min(opts.jobs, 20000), idle=opts.idle,
