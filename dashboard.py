@@ -19,6 +19,7 @@ from bottle import Bottle, HTTPResponse, abort, redirect, request, response, sta
 from peewee import PeeweeException, fn
 
 import charts
+import joblog
 import jobs
 import settings
 from analytics import DailyAnalytics, Media, Post, TrendingSnapshot
@@ -420,6 +421,7 @@ def show_job(job, status=200, error=None):
         data=job.to_dict(),
         steps=timeline(job),
         children=list(job.children()),
+        log=joblog.JobLog.of(job.id),
         terminal=TERMINAL,
         action_error=error,
     )

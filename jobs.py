@@ -769,6 +769,7 @@ class Consumer(huey_consumer.Consumer):
             for worker, _ in self.worker_threads:
                 worker.max_delay = self.max_delay
         self.running_lock = backup.running_lock()  # held while it runs: restore refuses meanwhile
+        joblog.install()  # each job's logging and prints kept with the job
         if self.worker_type == "process":
             close_all_connections()  # each forked worker opens its own
         super().start()
@@ -912,6 +913,7 @@ def fail(message: str):
 # Last, as Flask does with views: these modules import this one for `task`, and importing them registers their tasks.
 import analytics  # noqa: E402, F401
 import courses  # noqa: E402, F401
+import joblog  # noqa: E402
 import mailer  # noqa: E402
 import orders  # noqa: E402, F401
 import schedules  # noqa: E402

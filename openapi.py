@@ -465,6 +465,23 @@ PATHS = {
             responses({"200": ("the job: canceled, or running with cancel_requested", ref("Job"))}, "404", "409"),
         ),
     },
+    "/api/v1/jobs/{id}/logs": {
+        "parameters": [path_param("id", "the job's id")],
+        "get": operation(
+            "getJobLogs",
+            "What the job logged and printed while it ran (its last 64 KiB; `truncated` when older lines were cut)",
+            "jobs",
+            responses(
+                {
+                    "200": (
+                        "the job's log",
+                        obj({"job_id": ID, "lines": {"type": "array", "items": STRING}, "truncated": BOOL}),
+                    )
+                },
+                "404",
+            ),
+        ),
+    },
     "/api/v1/jobs/{id}/retry": {
         "parameters": [path_param("id", "the job's id")],
         "post": operation(

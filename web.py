@@ -34,6 +34,7 @@ import analytics
 import backup
 import courses
 import dashboard
+import joblog
 import jobs
 import limits
 import media
@@ -426,6 +427,12 @@ def list_jobs():
     except ValueError:
         raise ApiError(422, "invalid_argument", "cursor: not a cursor returned by this API", "cursor") from None
     return {"jobs": [job.to_dict() for job in rows], "next": cursor}
+
+
+@api("/api/v1/jobs/<job_id>/logs")
+def show_job_logs(job_id):
+    """What a job logged and printed while it ran: its last 64 KiB."""
+    return joblog.JobLog.of(get_job(job_id).id)
 
 
 @api("/api/v1/jobs/<job_id>/cancel", "POST")

@@ -357,6 +357,14 @@ def test_job_page_shows_everything(logged_in, consumer):
     assert logged_in.get("/jobs/nope").status == 404
 
 
+def test_job_page_shows_what_the_job_logged(logged_in, consumer):
+    job = run_job("fail", {"message": "logged <here>"})
+    wait_until(lambda: models.Job.get_by_id(job.id).status == "failed")
+    page = logged_in.get(f"/jobs/{job.id}").text
+    log = page.split('<pre id="log">', 1)[1].split("</pre>", 1)[0]
+    assert "Unhandled exception in task" in log and "JobError: logged &lt;here&gt;" in log
+
+
 def test_running_job_shows_progress_and_refreshes(logged_in, consumer):
     job = run_job("sleep", {"seconds": 3})
     wait_until(lambda: models.Job.get_by_id(job.id).progress_done, message="progress")

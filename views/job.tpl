@@ -54,6 +54,16 @@
 </section>
 % end
 
+% if log["lines"]:
+<section class="card">
+  <h2>Log</h2>
+  % if log["truncated"]:
+  <p class="muted">Older lines were cut: the last 64 KiB are kept.</p>
+  % end
+  <pre id="log">{{"\n".join(log["lines"])}}</pre>
+</section>
+% end
+
 <div class="columns">
 <section class="card">
   <h2>Arguments</h2>
