@@ -19,6 +19,7 @@ from bottle import Bottle, HTTPResponse, abort, redirect, request, response, sta
 from peewee import PeeweeException, fn
 
 import charts
+import humanize
 import joblog
 import jobs
 import settings
@@ -145,6 +146,7 @@ def render(_view, _status=200, **values):
         ago=ago,
         stamp=stamp,
         show_json=show_json,
+        took=humanize.duration_ms,
         **values,
     )
 
@@ -400,7 +402,7 @@ def timeline(job):
     if job.status == "retrying":
         steps.append((None, f"waiting to retry after: {job.error}"))
     if job.finished_at:
-        took = f" after {job.duration_ms / 1000:.3g} s" if job.duration_ms is not None else ""
+        took = f" after {humanize.duration_ms(job.duration_ms)}" if job.duration_ms is not None else ""
         steps.append((job.finished_at, f"{job.status}{took}"))
     return steps
 

@@ -365,6 +365,16 @@ def test_job_page_shows_what_the_job_logged(logged_in, consumer):
     assert "Unhandled exception in task" in log and "JobError: logged &lt;here&gt;" in log
 
 
+def test_durations_on_jobs_and_job_page_read_as_a_person_says_them(logged_in):
+    job = run_job("ping", {})
+    models.Job.update(status="succeeded", finished_at=models.utcnow(), duration_ms=0.078).where(
+        models.Job.id == job.id
+    ).execute()
+    assert ">78 µs</td>" in logged_in.get("/jobs").text
+    page = logged_in.get(f"/jobs/{job.id}").text
+    assert "<dd>78 µs</dd>" in page and "succeeded after 78 µs" in page and "e-05" not in page
+
+
 def test_running_job_shows_progress_and_refreshes(logged_in, consumer):
     job = run_job("sleep", {"seconds": 3})
     wait_until(lambda: models.Job.get_by_id(job.id).progress_done, message="progress")

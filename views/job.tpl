@@ -91,7 +91,7 @@
     % end
     <dt>started</dt><dd>{{stamp(job.started_at)}}</dd>
     <dt>finished</dt><dd>{{stamp(job.finished_at)}}</dd>
-    <dt>duration</dt><dd>{{"%.3f s" % (job.duration_ms / 1000) if job.duration_ms is not None else "—"}}</dd>
+    <dt>duration</dt><dd>{{took(job.duration_ms)}}</dd>
     % if job.waiting_for:
     <dt>waiting for</dt><dd>{{job.waiting_for}}</dd>
     % end
