@@ -23,6 +23,7 @@ import humanize
 import joblog
 import jobs
 import settings
+import stops
 from analytics import DailyAnalytics, Media, Post, TrendingSnapshot
 from courses import Certificate, Course, Enrollment, Lesson
 from models import STATUSES, TERMINAL, Job, LoginFailure, Token, User, Worker, parse_time, utcnow
@@ -450,6 +451,14 @@ def job_cancel(job_id):
         jobs.cancel(job)
     except jobs.Conflict as exc:
         return show_job(job, 409, str(exc))
+    redirect(f"/jobs/{quote(job.id)}", 303)
+
+
+@page("/jobs/<job_id>/terminate", "POST")
+def job_terminate(job_id):
+    """Stop a running job at once (cancel with terminate=true); shows the job."""
+    job = _get_job(job_id)
+    stops.terminate(job)
     redirect(f"/jobs/{quote(job.id)}", 303)
 
 

@@ -793,6 +793,7 @@ class Consumer(huey_consumer.Consumer):
 
     def loop(self, health_check_ts=None):
         health_check_ts = super().loop(health_check_ts)
+        stops.check(self)  # terminate requests and time limits of the jobs running here
         if time.monotonic() >= self._next_beat:
             self._heartbeat()
         return health_check_ts
@@ -917,4 +918,5 @@ import joblog  # noqa: E402
 import mailer  # noqa: E402
 import orders  # noqa: E402, F401
 import schedules  # noqa: E402
+import stops  # noqa: E402
 import webhooks  # noqa: E402

@@ -468,6 +468,7 @@ class Job(BaseModel):
     scheduled_for = DateTimeField(null=True)
     parent_id = CharField(null=True)
     cancel_requested = BooleanField(default=False)
+    terminate_requested = BooleanField(default=False)  # cancel with terminate=true: stop it at once (stops.py)
     recoveries = IntegerField(default=0)
     waiting_for = CharField(null=True)
     api_key_id = IntegerField(null=True)
@@ -865,10 +866,19 @@ def bulk_insert(model, fields, rows, size=1000):
         db.cursor().executemany(sql, [(*row, *extra) for row in chunk])
 
 
+def _add_terminate_requested(migrator):
+    # A database made since this column was added has it already.
+    if "terminate_requested" in {column.name for column in migrator.database.get_columns("job")}:
+        return []
+    return [migrator.add_column("job", "terminate_requested", BooleanField(default=False))]
+
+
 # Each migration takes a SchemaMigrator; append, never edit or reorder.
 MIGRATIONS = [
     # 1: concurrency limits count running jobs instead of keeping a table of places.
     lambda migrator: [migrator.sql('DROP TABLE IF EXISTS "slot"')],
+    # 2: cancel with terminate=true (stops.py).
+    _add_terminate_requested,
 ]
 
 

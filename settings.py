@@ -235,6 +235,9 @@ CONCURRENCY_LIMITS = _define(
     "most jobs running at once across all consumers, per queue or function, e.g. media=2,trigger_full_sync=1",
     _pairs(_int(1, 100000)),
 )
+JOB_TIMEOUT = _define(
+    "JOB_TIMEOUT", 1800.0, "seconds a job may run when its function sets no timeout of its own; 0 = no limit", _float(0, 366 * 86400)
+)
 JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in the history", _int(1, 3650))
 
 # -- Orders and the provider -------------------------------------------------

@@ -45,6 +45,7 @@ import orders
 import provider
 import schedules
 import settings
+import stops
 import webhooks
 from models import ApiKey, Job, User, Worker
 
@@ -437,8 +438,16 @@ def show_job_logs(job_id):
 
 @api("/api/v1/jobs/<job_id>/cancel", "POST")
 def cancel_job(job_id):
-    """Cancel a waiting job, or ask a running one to stop."""
-    return jobs.cancel(get_job(job_id)).to_dict()
+    """Cancel a waiting job, or ask a running one to stop; ?terminate=true stops it at once."""
+    terminate = request.query.getunicode("terminate", "false").lower()
+    if terminate not in ("true", "false", "1", "0"):
+        raise ApiError(422, "invalid_argument", f"terminate: expected true or false, got {terminate[:20]!r}", "terminate")
+    if terminate in ("false", "0"):
+        return jobs.cancel(get_job(job_id)).to_dict()
+    job, how = stops.terminate(get_job(job_id))
+    if how is not None:
+        job = jobs.wait(job.id, stops.ANSWER_WAIT)  # the consumer acts within a second or so
+    return {**job.to_dict(), "terminate": how}
 
 
 @api("/api/v1/jobs/<job_id>/retry", "POST")

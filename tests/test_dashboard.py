@@ -375,6 +375,16 @@ def test_durations_on_jobs_and_job_page_read_as_a_person_says_them(logged_in):
     assert "<dd>78 µs</dd>" in page and "succeeded after 78 µs" in page and "e-05" not in page
 
 
+def test_stop_now_button_terminates_a_running_job(logged_in, consumer):
+    job = run_job("sleep", {"seconds": 30})
+    wait_until(lambda: models.Job.get_by_id(job.id).status == "running", message="running")
+    page = logged_in.get(f"/jobs/{job.id}").text
+    assert f'action="/jobs/{job.id}/terminate"' in page
+    assert logged_in.submit(f"/jobs/{job.id}/terminate").status == 303
+    wait_until(lambda: models.Job.get_by_id(job.id).status == "canceled", timeout=5, message="stopped")
+    assert models.Job.get_by_id(job.id).error == "terminated: canceled while running"
+
+
 def test_running_job_shows_progress_and_refreshes(logged_in, consumer):
     job = run_job("sleep", {"seconds": 3})
     wait_until(lambda: models.Job.get_by_id(job.id).progress_done, message="progress")

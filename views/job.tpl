@@ -14,6 +14,12 @@
       <input type="hidden" name="csrf_token" value="{{csrf_token}}">
       <button type="submit" class="danger"{{!' disabled' if job.cancel_requested else ''}}>{{'Cancel requested' if job.cancel_requested else 'Cancel'}}</button>
     </form>
+    % if job.status == "running" and not job.terminate_requested:
+    <form method="post" action="/jobs/{{job.id}}/terminate">
+      <input type="hidden" name="csrf_token" value="{{csrf_token}}">
+      <button type="submit" class="danger" title="for a job that does not stop at Cancel: raises an exception in its worker, or ends its worker process">Stop now</button>
+    </form>
+    % end
     % end
   </div>
 </div>
