@@ -13,6 +13,7 @@ the settings point; what was there before is moved into
 """
 
 import datetime
+import functools
 import hashlib
 import hmac
 import io
@@ -105,7 +106,7 @@ def backup(dest, keep=None, now=None):
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     archive = dest / f"{ARCHIVE_PREFIX}{now.strftime('%Y%m%dT%H%M%S%fZ')}{ARCHIVE_SUFFIX}"
     with tempfile.TemporaryDirectory(prefix=".litejobs-backup-", dir=dest) as scratch:
         files = {}  # archive name -> file on disk to put in
@@ -213,7 +214,7 @@ def _read_checked(archive, into=None):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     handle = open(target, "wb")
                 try:
-                    for block in iter(lambda: source.read(1 << 20), b""):
+                    for block in iter(functools.partial(source.read, 1 << 20), b""):
                         digest.update(block)
                         if handle is not None:
                             handle.write(block)
@@ -285,7 +286,7 @@ def _live_consumers(database, now=None):
     """Consumers of the SQLite file `database` with a fresh heartbeat: [(id, seconds since)]."""
     if not database.exists():
         return []
-    now = now or datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    now = now or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     cutoff = now - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
@@ -321,7 +322,7 @@ def restore(archive, now=None):
             )
         with tempfile.TemporaryDirectory(prefix=".litejobs-restore-", dir=settings.DATA_DIR) as scratch:
             manifest = _read_checked(archive, scratch)
-            stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+            stamp = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y%m%dT%H%M%SZ")
             aside = settings.DATA_DIR / f"before-restore-{stamp}"
             restored = {}
             present = {name.split("/", 1)[0] for name in manifest["files"]}

@@ -79,5 +79,5 @@ def open_postgres(url):
         if name in options:
             pool[name] = options.pop(name)
     if not options.get("database"):
-        raise ValueError(f"DATABASE_URL has no database name; use postgresql://user:password@host:port/dbname")
+        raise ValueError("DATABASE_URL has no database name; use postgresql://user:password@host:port/dbname")
     return PooledPostgres(options.pop("database"), **pool, **options)

@@ -14,7 +14,14 @@ import os
 import sys
 import threading
 
-from peewee import DateTimeField, ForeignKeyField, IntegrityError, SqliteDatabase, TextField, BooleanField
+from peewee import (
+    BooleanField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegrityError,
+    SqliteDatabase,
+    TextField,
+)
 
 from jobs import current_job_id, huey
 from models import BaseModel, Job, db, utcnow
@@ -169,7 +176,7 @@ class JobLogHandler(logging.Handler):
 
     def emit(self, record):
         job_id = current_job_id()
-        if job_id is not None and not record.name.startswith("litejobs.joblog"):
+        if job_id is not None and _the_jobs_own(record):
             try:
                 add_lines(job_id, self.format(record))
             except Exception:
@@ -179,6 +186,17 @@ class JobLogHandler(logging.Handler):
         last = logging.lastResort
         if last is not None and record.levelno >= last.level and not _handled_elsewhere(record, self):
             last.handle(record)
+
+
+def _the_jobs_own(record):
+    """Whether a record made during a job belongs in its log.
+
+    huey's INFO lines around every run ("executed in 0.001s") are left out:
+    they would give every job a log, and so a database write, of its own.
+    """
+    if record.name.startswith("litejobs.joblog"):
+        return False
+    return not (record.name.startswith("huey") and record.levelno < logging.WARNING)
 
 
 def _handled_elsewhere(record, ours):

@@ -153,7 +153,7 @@ def check(consumer):
             _enforce_deadlines()
         asked = list(
             Job.select(Job.id, Job.worker).where(
-                (Job.consumer_id == jobs.CONSUMER_ID) & (Job.status == "running") & (Job.terminate_requested == True)  # noqa: E712
+                (Job.consumer_id == jobs.CONSUMER_ID) & (Job.status == "running") & Job.terminate_requested
             )
         )
         for job in asked:

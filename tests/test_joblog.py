@@ -3,7 +3,6 @@ bounded, served at /api/v1/jobs/{id}/logs and on the job page, pruned with it.""
 
 import datetime
 import logging
-import threading
 import time
 
 import pytest
@@ -129,6 +128,14 @@ def test_the_log_is_pruned_with_its_job(consumer):
     wait_until(lambda: JobLog.get_or_none(JobLog.job == job.id), timeout=10, message="log written")
     wait_until(lambda: Job.get_by_id(job.id).status == "succeeded", timeout=10, message="job done")
     assert Job.prune_finished(utcnow() + datetime.timedelta(seconds=1)) >= 1
+    assert JobLog.get_or_none(JobLog.job == job.id) is None
+
+
+def test_a_job_that_logs_nothing_writes_no_log(consumer, caplog):
+    caplog.set_level(logging.INFO, logger="huey")  # huey's own lines around each run stay out
+    job, _ = jobs.submit("ping", {})
+    wait_until(lambda: Job.get_by_id(job.id).status == "succeeded", timeout=10, message="job done")
+    assert any("executed in" in r.getMessage() for r in caplog.records)
     assert JobLog.get_or_none(JobLog.job == job.id) is None
 
 

@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+import stop_tasks  # noqa: F401 - registers spin in this process too
 from conftest import RunningConsumer, assert_error, wait_until
 
 import jobs
 import settings
-import stop_tasks  # noqa: F401 - registers spin in this process too
-import stops
 from models import Job
 
 ROOT = Path(__file__).resolve().parent.parent
