@@ -19,6 +19,9 @@ from bottle import Bottle, HTTPResponse, abort, redirect, request, response, sta
 from peewee import PeeweeException
 
 import charts
+import stops
+import humanize
+import joblog
 import jobs
 import settings
 from models import STATUSES, TERMINAL, Job, LoginFailure, Token, User, Worker, parse_time, utcnow
@@ -145,6 +148,7 @@ def render(_view, _status=200, **values):
         ago=ago,
         stamp=stamp,
         show_json=show_json,
+        took=humanize.duration_ms,
         **values,
     )
 
@@ -400,7 +404,7 @@ def timeline(job):
     if job.status == "retrying":
         steps.append((None, f"waiting to retry after: {job.error}"))
     if job.finished_at:
-        took = f" after {job.duration_ms / 1000:.3g} s" if job.duration_ms is not None else ""
+        took = f" after {humanize.duration_ms(job.duration_ms)}" if job.duration_ms is not None else ""
         steps.append((job.finished_at, f"{job.status}{took}"))
     return steps
 
@@ -421,6 +425,7 @@ def show_job(job, status=200, error=None):
         data=job.to_dict(),
         steps=timeline(job),
         children=list(job.children()),
+        log=joblog.JobLog.of(job.id),
         terminal=TERMINAL,
         action_error=error,
     )
@@ -447,6 +452,14 @@ def job_cancel(job_id):
         jobs.cancel(job)
     except jobs.Conflict as exc:
         return show_job(job, 409, str(exc))
+    redirect(f"/jobs/{quote(job.id)}", 303)
+
+
+@page("/jobs/<job_id>/terminate", "POST")
+def job_terminate(job_id):
+    """Stop a running job at once (cancel with terminate=true); shows the job."""
+    job = _get_job(job_id)
+    stops.terminate(job)
     redirect(f"/jobs/{quote(job.id)}", 303)
 
 

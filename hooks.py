@@ -49,6 +49,8 @@ class Event:
 job_finished = Event("job_finished", "(job_id, name, status): a job reached succeeded or failed.")
 schedule_tick = Event("schedule_tick", "(minute, started): the scheduler ticked minute `minute` and started the jobs `started`.")
 app_loaded = Event("app_loaded", "(app): an app was loaded and registered.")
+consumer_starting = Event("consumer_starting", "(consumer): a consumer is starting its workers in this process.")
+consumer_loop = Event("consumer_loop", "(consumer): a consumer's main loop turned (several times a second).")
 worker_stopping = Event("worker_stopping", "(consumer_id): a consumer is stopping gracefully.")
 # Events between apps, without one importing the other.
 app_event = Event(

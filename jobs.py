@@ -32,8 +32,9 @@ from huey.api import Task
 from huey.registry import Registry
 from huey.exceptions import CancelExecution, TaskTimeout
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
-from peewee import IntegrityError, PeeweeException
+from peewee import IntegrityError, PeeweeException, SqliteDatabase
 
+import backup
 import disk
 import hooks
 import runs
@@ -791,6 +792,17 @@ def _write_outcome(message, value, exc, started_at, claim):
     return "failed", Job.mark_finished(message.id, "failed", error=error, traceback=trace, started_at=started_at, claim=claim), error
 
 
+@huey.post_execute()
+def _return_connection(message, value, exc):
+    """Hand the worker's PostgreSQL connection back to the pool once its job is recorded.
+
+    Registered after _record_outcome, so it runs after it. SQLite keeps its
+    per-thread connection: reopening costs more there than it frees.
+    """
+    if not isinstance(db.obj, SqliteDatabase) and not db.is_closed() and not db.in_transaction():
+        db.close()
+
+
 def _log_finished(message, status, started_at, error=None):
     """One line per run: job id, function, outcome and duration (and the error's first line)."""
     ms = 0.0 if started_at is None else (utcnow() - started_at).total_seconds() * 1000
@@ -1007,6 +1019,8 @@ class Consumer(huey_consumer.Consumer):
             self.max_delay = max(self.max_delay, WATCHED_POLL_DELAY)
             for worker, _ in self.worker_threads:
                 worker.max_delay = self.max_delay
+        self.running_lock = backup.running_lock()  # held while it runs: restore refuses meanwhile
+        hooks.consumer_starting.send(self)  # e.g. joblog keeps each job's logging and prints
         if self.worker_type == "process":
             close_all_connections()  # each forked worker opens its own
         super().start()
@@ -1040,6 +1054,7 @@ class Consumer(huey_consumer.Consumer):
 
     def loop(self, health_check_ts=None):
         health_check_ts = super().loop(health_check_ts)
+        hooks.consumer_loop.send(self)  # e.g. stops: terminate requests and time limits of the jobs here
         if time.monotonic() >= self._next_beat:
             self._heartbeat()
         return health_check_ts
@@ -1048,6 +1063,8 @@ class Consumer(huey_consumer.Consumer):
         hooks.worker_stopping.send(CONSUMER_ID)
         super().stop(graceful)
         Worker.update(stopped_at=utcnow()).where(Worker.id == CONSUMER_ID).execute()
+        if getattr(self, "running_lock", None) is not None:
+            self.running_lock.close()
 
 
 # -- Periodic work ------------------------------------------------------------------
@@ -1147,6 +1164,10 @@ def use_scheduler(scheduler_class):
 # task of the loaded apps). Not at the import of this module: an app imports the
 # engine's modules above this one (api, dashboard, schedules), which import this one.
 APPS = {}  # name -> hooks.App, in load order
+# Engine modules above this one that hook into every consumer (the minute scheduler,
+# a job's own log, hard stops): loaded with the apps, so a bare `huey_consumer`
+# has them too.
+ENGINE_EXTENSIONS = ("schedules", "joblog", "stops")
 _loaded = []  # the (names, folder) loaded, so a second call is a no-op
 
 
@@ -1161,6 +1182,8 @@ def load_apps(names=None, functions_dir=None):
     if _loaded:
         return loaded_apps()
     _loaded.append((tuple(names), functions_dir))
+    for module_name in ENGINE_EXTENSIONS:
+        importlib.import_module(module_name)
     for name in names:
         if name in settings.BUILTIN_APPS:
             if not (settings.BASE_DIR / "apps" / name / "__init__.py").exists():

@@ -10,6 +10,7 @@ web process and adds them up.
 import logging
 import threading
 
+import backup
 import jobs
 import settings
 from models import Job, JobCount, JobDuration, Worker, utcnow
@@ -69,6 +70,14 @@ def render():
         logger.warning("metrics: database unreadable: %s", exc)
         up = 0
     out.family("litejobs_database_up", "gauge", "1 when the database answered this scrape, else 0", [({}, up)])
+    last_backup = backup.last_backup_timestamp()
+    if last_backup is not None:  # none before the first backup: set the alert up once backups run
+        out.family(
+            "litejobs_last_backup_timestamp_seconds",
+            "gauge",
+            "Unix time of the last backup archive written from this DATA_DIR (web.py backup)",
+            [({}, last_backup)],
+        )
     with _requests_lock:
         requests = sorted(_requests.items())
     out.family(

@@ -41,10 +41,10 @@ from peewee import (
     chunked,
     fn,
 )
-from playhouse.db_url import connect as connect_url
 from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 from playhouse.migrate import SchemaMigrator, migrate
 
+import dburl
 import settings
 
 logger = logging.getLogger("litejobs.models")
@@ -98,7 +98,8 @@ def wal_pages(path):
 
 
 def open_database(url):
-    """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes."""
+    """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes,
+    PostgreSQL a connection pool (dburl.py)."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         settings.ensure_dir(path.parent, "DATABASE_URL")
@@ -127,7 +128,7 @@ def open_database(url):
         )
         database.timeout = 10  # the busy timeout (the pool's own `timeout` is its wait for a free connection)
         return database
-    return connect_url(url)
+    return dburl.open_postgres(url)
 
 
 MODELS = []  # every table; each BaseModel subclass adds itself
@@ -527,6 +528,7 @@ class Job(BaseModel):
     scheduled_for = DateTimeField(null=True)
     parent_id = CharField(null=True)
     cancel_requested = BooleanField(default=False)
+    terminate_requested = BooleanField(default=False)  # cancel with terminate=true: stop it at once (stops.py)
     recoveries = IntegerField(default=0)
     waiting_for = CharField(null=True)
     api_key_id = IntegerField(null=True)
@@ -1078,6 +1080,8 @@ MIGRATIONS = [
     # 3: a run's claim token and lease (runs.py); a row running without one is judged by its consumer's heartbeat.
     lambda migrator: add_column_once(migrator, "job", "claim", CharField(null=True))
     + add_column_once(migrator, "job", "lease_until", DateTimeField(null=True)),
+    # 4: cancel with terminate=true (stops.py).
+    lambda migrator: add_column_once(migrator, "job", "terminate_requested", BooleanField(default=False)),
 ]
 
 

@@ -361,9 +361,53 @@ PATHS = {
         "parameters": [path_param("id", "the job's id")],
         "post": operation(
             "cancelJob",
-            "Cancel a waiting job, or ask a running one to stop",
+            "Cancel a waiting job, or ask a running one to stop; with terminate=true a running one is stopped at once",
             "jobs",
-            responses({"200": ("the job: canceled, or running with cancel_requested", ref("Job"))}, "404", "409"),
+            responses(
+                {
+                    "200": (
+                        "the job: canceled, or running with cancel_requested; with terminate=true also `terminate`, "
+                        "the means used on a running job (thread-exception, greenlet-exception or process-ended)",
+                        {
+                            "allOf": [
+                                ref("Job"),
+                                obj(
+                                    {"terminate": {"type": ["string", "null"], "enum": [
+                                        "thread-exception", "greenlet-exception", "process-ended", None]}},
+                                    required=[],
+                                ),
+                            ]
+                        },
+                    )
+                },
+                "404",
+                "409",
+                "422",
+            ),
+            [
+                query_param(
+                    "terminate",
+                    "true: stop a running job now, even one that never calls progress() (the answer waits up to 5 s)",
+                    {"type": "boolean"},
+                )
+            ],
+        ),
+    },
+    "/api/v1/jobs/{id}/logs": {
+        "parameters": [path_param("id", "the job's id")],
+        "get": operation(
+            "getJobLogs",
+            "What the job logged and printed while it ran (its last 64 KiB; `truncated` when older lines were cut)",
+            "jobs",
+            responses(
+                {
+                    "200": (
+                        "the job's log",
+                        obj({"job_id": ID, "lines": {"type": "array", "items": STRING}, "truncated": BOOL}),
+                    )
+                },
+                "404",
+            ),
         ),
     },
     "/api/v1/jobs/{id}/retry": {

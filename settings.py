@@ -90,8 +90,9 @@ def _url(*schemes):
 
     def parse(raw):
         scheme = urlsplit(raw).scheme
-        if scheme == "postgres":
-            raw, scheme = "postgresql" + raw[len("postgres") :], "postgresql"
+        if scheme.split("+")[0] in ("postgres", "postgresql"):
+            # postgres://, postgresql+pool://, postgresql+psycopg://: the forms people paste; all pooled.
+            raw, scheme = "postgresql" + raw[len(scheme) :], "postgresql"
         if scheme not in schemes:
             expected = " or ".join(forms[s] for s in schemes)
             raise ValueError(f"unknown scheme {scheme!r}; use {expected}")
@@ -145,6 +146,9 @@ QUEUE_NAME = _define(
     "QUEUE_NAME",
     "litejobs",
     "the queue's name in its storage: huey's keys on Redis, its rows on PostgreSQL, the rate-limit key prefix",
+)
+DATABASE_POOL_SIZE = _define(
+    "DATABASE_POOL_SIZE", 20, "most PostgreSQL connections each web process or consumer keeps open", _int(1, 1000)
 )
 QUEUE_URL = _define(
     "QUEUE_URL",
@@ -269,6 +273,9 @@ CONCURRENCY_LIMITS = _define(
     {},
     "most jobs running at once across all consumers, per queue or function, e.g. media=2,trigger_full_sync=1",
     _pairs(_int(1, 100000)),
+)
+JOB_TIMEOUT = _define(
+    "JOB_TIMEOUT", 1800.0, "seconds a job may run when its function sets no timeout of its own; 0 = no limit", _float(0, 366 * 86400)
 )
 JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in the history", _int(1, 3650))
 

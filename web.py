@@ -5,6 +5,13 @@ same process; `python web.py create-key NAME` makes an API key.
 """
 
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["restore"]:
+        # Before the imports below open the database and queue that restore replaces.
+        import backup
+
+        sys.exit(backup.main(sys.argv[2:]))
     # gevent must patch the standard library before anything else imports it.
     from gevent import monkey
 
@@ -21,9 +28,11 @@ from bottle import BaseRequest, Bottle, HTTPResponse, request, response
 from peewee import PeeweeException
 
 
+import backup
 import client_cli
 import dashboard
 import health
+import joblog
 import jobs
 import metrics
 import models
@@ -52,6 +61,7 @@ from api import (
     request_id,
     router,
 )
+import stops
 from models import ApiKey, Job, Worker
 
 logger = logging.getLogger("litejobs.web")
@@ -199,10 +209,24 @@ def list_jobs():
     return {"jobs": [job.to_dict() for job in rows], "next": cursor}
 
 
+@api("/api/v1/jobs/<job_id>/logs")
+def show_job_logs(job_id):
+    """What a job logged and printed while it ran: its last 64 KiB."""
+    return joblog.JobLog.of(get_job(job_id).id)
+
+
 @api("/api/v1/jobs/<job_id>/cancel", "POST")
 def cancel_job(job_id):
-    """Cancel a waiting job, or ask a running one to stop."""
-    return jobs.cancel(get_job(job_id)).to_dict()
+    """Cancel a waiting job, or ask a running one to stop; ?terminate=true stops it at once."""
+    terminate = request.query.getunicode("terminate", "false").lower()
+    if terminate not in ("true", "false", "1", "0"):
+        raise ApiError(422, "invalid_argument", f"terminate: expected true or false, got {terminate[:20]!r}", "terminate")
+    if terminate in ("false", "0"):
+        return jobs.cancel(get_job(job_id)).to_dict()
+    job, how = stops.terminate(get_job(job_id))
+    if how is not None:
+        job = jobs.wait(job.id, stops.ANSWER_WAIT)  # the consumer acts within a second or so
+    return {**job.to_dict(), "terminate": how}
 
 
 @api("/api/v1/jobs/<job_id>/retry", "POST")
@@ -352,6 +376,7 @@ def serve(with_consumer=True, stop_on_stdin_eof=False):
             super().handle()
 
     prepare()
+    running = backup.running_lock()  # noqa: F841 (held while serving: restore refuses meanwhile)
     consumer = None
     if with_consumer:
         consumer = jobs.huey.create_consumer(workers=settings.WORKERS, embedded=True)
@@ -424,8 +449,11 @@ def main(argv=None):
     user.add_argument("--name", default="", help="the user's name")
     migrate = commands.add_parser("migrate", help="create missing tables and apply pending migrations")
     migrate.add_argument("--status", action="store_true", help="only show the engine's and each app's schema version")
-    copy = commands.add_parser("backup", help="copy the SQLite database and queue into folder DEST, while running")
+    copy = commands.add_parser("backup", help="write one checked archive of the data into folder DEST, while running")
     copy.add_argument("dest")
+    copy.add_argument("--keep", type=int, default=None, metavar="N", help="then delete all but the newest N archives")
+    restore = commands.add_parser("restore", help="check a backup archive and put it back (litejobs stopped)")
+    restore.add_argument("archive")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -467,13 +495,14 @@ def main(argv=None):
             shown = "not yet created" if version is None else f"version {version}"
             print(f"{name}: {shown} of {newest}" + ("" if version == newest else "  (pending: python web.py migrate)"))
     elif args.command == "backup":
-        import backup
-
+        if args.keep is not None and args.keep < 1:
+            sys.exit("litejobs: --keep needs 1 or more")
         try:
-            for path in backup.backup(args.dest):
-                print(f"backed up to {path}")
+            print(f"backed up to {backup.backup(args.dest, keep=args.keep)}")
         except (backup.BackupError, OSError) as exc:
             sys.exit(f"litejobs: backup failed: {exc}")
+    elif args.command == "restore":
+        sys.exit(backup.main([args.archive]))
 
 
 if __name__ == "__main__":

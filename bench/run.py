@@ -147,6 +147,7 @@ def plan(opts):
         ("latency-standalone-redis", lambda: latency_rows("standalone", "redis", opts), True),
         ("latency-standalone-postgresql", lambda: latency_rows("standalone", "postgresql", opts), False),
         ("http", lambda: web_rows.rows(quick=quick, duration=opts.http_seconds), True),
+        ("http-enqueue-postgresql", lambda: web_rows.postgresql_rows(quick=quick, duration=opts.http_seconds), False),
         ("footprint", lambda: web_rows.footprint_rows(opts.jobs), False),
         ("peers", lambda: _needs("redis" if quick else "redis+postgresql", "peers", "peers",
                                  lambda: peers.rows(quick=quick, n=opts.jobs, idle=opts.idle,

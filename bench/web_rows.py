@@ -7,7 +7,6 @@ drain, all against real `python web.py run` processes on 127.0.0.1.
 """
 
 import json
-import sys
 import time
 
 import common
@@ -18,13 +17,14 @@ if __name__ == "__main__":
 import lj  # noqa: E402
 
 
-def http_enqueue(clients=16, duration=20.0):
+def http_enqueue(clients=16, duration=20.0, url=None):
     """POST /api/v1/jobs/ping from `clients` keep-alive connections for `duration` s,
-    then POST /api/v1/jobs/echo?wait=5 one at a time on the same server."""
-    data_dir = common.scratch("http")
-    env = common.service_env(data_dir)
+    then POST /api/v1/jobs/echo?wait=5 one at a time on the same server.
+    With `url`, the app database and the queue are both there (PostgreSQL)."""
+    data_dir = common.scratch("http-postgresql" if url else "http")
+    env = common.service_env(data_dir, url, url)
     key = common.create_key(env)
-    process, port, env = common.start_web(data_dir)
+    process, port, env = common.start_web(data_dir, database_url=url, queue_url=url)
     try:
         time.sleep(1)
         rss_idle = common.rss_mb(process.pid)
@@ -211,6 +211,28 @@ def rows(quick=False, clients=16, duration=20.0):
             "met": None,
             "data": {**sync, "command": data["command"]},
         },
+    ]
+
+
+def postgresql_rows(quick=False, clients=16, duration=20.0):
+    """HTTP enqueue with the app database and the queue on PostgreSQL (`web.py run` and its consumer)."""
+    common.reset_postgres()
+    data = http_enqueue(clients, 5.0 if quick else duration, url=common.postgres_url())
+    data.pop("sync")
+    return [
+        {
+            "id": "http-enqueue-postgresql",
+            "benchmark": f"HTTP enqueue: POST /api/v1/jobs/ping, {data['clients']} keep-alive clients, "
+            f"{data['duration_s']:g} s, `web.py run` on PostgreSQL (database and queue)",
+            "litejobs": f"{data['requests_per_s']:,.0f} jobs/s",
+            "baseline": "",
+            "result": f"p50 {data['p50_ms']} / p99 {data['p99_ms']} ms, {data['errors']} errors; "
+            f"{data['terminal_after']:,} of {data['accepted']:,} accepted jobs terminal "
+            f"{data['backlog_drained_s']} s after the load",
+            "target": "0 errors",
+            "met": data["errors"] == 0,
+            "data": data,
+        }
     ]
 
 

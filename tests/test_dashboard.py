@@ -360,6 +360,34 @@ def test_job_page_shows_everything(logged_in, consumer):
     assert logged_in.get("/jobs/nope").status == 404
 
 
+def test_job_page_shows_what_the_job_logged(logged_in, consumer):
+    job = run_job("fail", {"message": "logged <here>"})
+    wait_until(lambda: models.Job.get_by_id(job.id).status == "failed")
+    page = logged_in.get(f"/jobs/{job.id}").text
+    log = page.split('<pre id="log">', 1)[1].split("</pre>", 1)[0]
+    assert "Unhandled exception in task" in log and "JobError: logged &lt;here&gt;" in log
+
+
+def test_durations_on_jobs_and_job_page_read_as_a_person_says_them(logged_in):
+    job = run_job("ping", {})
+    models.Job.update(status="succeeded", finished_at=models.utcnow(), duration_ms=0.078).where(
+        models.Job.id == job.id
+    ).execute()
+    assert ">78 µs</td>" in logged_in.get("/jobs").text
+    page = logged_in.get(f"/jobs/{job.id}").text
+    assert "<dd>78 µs</dd>" in page and "succeeded after 78 µs" in page and "e-05" not in page
+
+
+def test_stop_now_button_terminates_a_running_job(logged_in, consumer):
+    job = run_job("sleep", {"seconds": 30})
+    wait_until(lambda: models.Job.get_by_id(job.id).status == "running", message="running")
+    page = logged_in.get(f"/jobs/{job.id}").text
+    assert f'action="/jobs/{job.id}/terminate"' in page
+    assert logged_in.submit(f"/jobs/{job.id}/terminate").status == 303
+    wait_until(lambda: models.Job.get_by_id(job.id).status == "canceled", timeout=5, message="stopped")
+    assert models.Job.get_by_id(job.id).error == "terminated: canceled while running"
+
+
 def test_running_job_shows_progress_and_refreshes(logged_in, consumer):
     job = run_job("sleep", {"seconds": 3})
     wait_until(lambda: models.Job.get_by_id(job.id).progress_done, message="progress")

