@@ -9,7 +9,6 @@ proxy are the only things played. The command line runs as a subprocess.
 import ast
 import importlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,14 +18,13 @@ import urllib.parse
 import uuid
 
 import pytest
-from helpers import REDIS_URL, ROOT, free_port, service_or_skip, wait_until
+from helpers import base_env, REDIS_URL, ROOT, free_port, service_or_skip, wait_until
 from fault_proxy import FaultProxy, TcpRelay
 
 import client_cli
 import jobs
 import litejobs_client
 import openapi
-import settings
 from litejobs_client import Client
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,7 +37,7 @@ class Server:
     def __init__(self, folder, **settings_):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+        self.env = base_env()
         self.env.update(DATA_DIR=str(folder), PORT=str(self.port), LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
         self.env.update(RUN_SCHEDULES="0", **settings_)
         made = subprocess.run(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import stop_tasks  # noqa: F401 - registers spin in this process too
-from helpers import RunningConsumer, assert_error, wait_until
+from helpers import base_env, RunningConsumer, assert_error, wait_until
 
 import jobs
 import settings
@@ -70,7 +70,7 @@ def test_job_timeout_zero_means_no_limit(monkeypatch, threads):
 
 
 def start_consumer(tmp_path, *args, **env):
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update(
         DATA_DIR=str(tmp_path),
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
@@ -123,4 +123,4 @@ def test_a_database_from_before_gets_the_terminate_column():
     models.SchemaVersion.create(version=1)
     models.create_tables()
     assert "terminate_requested" in {c.name for c in models.db.get_columns("job")}
-    assert models.SchemaVersion.select().order_by(models.SchemaVersion.version.desc()).first().version == 2
+    assert models.SchemaVersion.select().order_by(models.SchemaVersion.version.desc()).first().version == len(models.MIGRATIONS)
