@@ -103,6 +103,20 @@ class FunctionRegistry(Registry):
         module, _, name = task_str.rpartition(".")
         return type(name, (MissingFunction,), {"__module__": module or __name__})
 
+    def create_message(self, task):
+        if not isinstance(task, MissingFunction):
+            return super().create_message(task)
+        # A scheduled job of a function not loaded here fell due: the scheduler puts it
+        # back on the queue unchanged (huey would refuse to, and lose it), where its run
+        # fails it naming the function, or a consumer that has it runs it.
+        task_str = self.task_to_string(type(task))
+        self._registry.setdefault(task_str, type(task))
+        try:
+            return super().create_message(task)
+        finally:
+            if self._registry.get(task_str) is type(task):
+                del self._registry[task_str]
+
 
 class LitejobsHuey(Huey):
     """Huey whose consumers heartbeat, recover lost jobs and stop gracefully."""

@@ -90,7 +90,7 @@ def test_a_consumer_without_the_function_fails_the_job_naming_both(consumer):
     def only_on_the_web_process():
         return "ran"
 
-    job = jobs.enqueue("only_on_the_web_process")
+    job, _ = jobs.submit("only_on_the_web_process", {}, delay=1)  # due once the function is gone here
     # This process's consumer lost the function, as a consumer started with other APPS never had it.
     only_on_the_web_process.unregister()
     del jobs.FUNCTIONS["only_on_the_web_process"]

@@ -93,11 +93,11 @@ def test_no_bench_module_shadows_a_module_of_the_app_or_a_library():
 
 
 def test_the_shadow_check_finds_a_clash(tmp_path):
-    for name in ("orders", "json", "bench_only_name"):
+    for name in ("settings", "json", "bench_only_name"):
         (tmp_path / f"{name}.py").write_text("")
     found = common.shadowing_modules(tmp_path)
-    assert set(found) == {"orders", "json"}
-    assert found["orders"] == str(ROOT / "orders.py")
+    assert set(found) == {"settings", "json"}
+    assert found["settings"] == str(ROOT / "settings.py")
 
 
 def test_a_failed_row_fails_the_run_and_leaves_nothing_behind(tmp_path):

@@ -443,8 +443,8 @@ def test_verify_accepts_only_a_fresh_signature_of_the_same_body():
         assert not webhooks.verify(secret, broken, body, now=1_700_000_100)
 
 
-def test_readme_receiver_snippet_checks_real_signatures():
-    readme = (settings.BASE_DIR / "README.md").read_text()
+def test_docs_receiver_snippet_checks_real_signatures():
+    readme = (settings.BASE_DIR / "docs" / "apps.md").read_text()
     section = readme.split("## Webhooks", 1)[1].split("\n## ", 1)[0]
     start = section.index("    import hashlib")
     snippet = textwrap.dedent(section[start : section.index("    @app.post", start)])
