@@ -1,14 +1,17 @@
 """litejobs web: the Bottle app (JSON API, health) and the command line.
 
-`python web.py run` serves the app with gevent and runs a consumer in the
-same process; `python web.py create-key NAME` makes an API key.
+`python web.py run` serves the app with gevent and starts a consumer beside
+it, in a child process (supervisor.py); `python web.py create-key NAME` makes an API key.
 """
 
 if __name__ == "__main__":
     # gevent must patch the standard library before anything else imports it.
+    # subprocess stays the standard library's: supervisor.py runs the consumer
+    # with it and does the blocking waits in gevent's thread pool, alike on
+    # Linux and Windows (gevent's Popen waits with a child watcher, POSIX only).
     from gevent import monkey
 
-    monkey.patch_all()
+    monkey.patch_all(subprocess=False)
 
 import argparse
 from html import escape
@@ -28,14 +31,17 @@ import courses
 import dashboard
 import jobs
 import limits
+import logconfig
 import media
 import metrics
 import models
 import openapi
 import orders
+import preflight
 import provider
 import schedules
 import settings
+import supervisor
 import webhooks
 from models import ApiKey, Job, User, Worker
 
@@ -442,7 +448,7 @@ def list_queues():
 @api("/api/v1/workers")
 def list_workers():
     """Consumers, alive or recently seen, with the jobs they run."""
-    workers = list(Worker.select().order_by(Worker.started_at.desc()).limit(100))
+    workers = list(Worker.listed().limit(100))
     running = {}
     for job in Job.running_on([w.id for w in workers]):
         running.setdefault(job.consumer_id, []).append(job.id)
@@ -899,25 +905,26 @@ app.merge(dashboard.pages)
 
 
 # -- Command line ----------------------------------------------------------------
-def setup_logging():
-    logging.basicConfig(
-        level=settings.LOG_LEVEL,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(prefix=""):
+    logconfig.setup(prefix)
 
 
 def prepare():
-    """Create the data folder and tables; exit with a clear message when that fails."""
-    try:
-        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        models.create_tables()
-        jobs.check_queue()
-    except Exception as exc:  # any start-up failure (disk, database, queue) ends here, without a traceback
-        sys.exit(f"litejobs: cannot start: {type(exc).__name__}: {exc} (check DATA_DIR, DATABASE_URL and QUEUE_URL)")
+    """Create the data folder and tables; exit with one line naming the setting when that fails."""
+    settings.ensure_dir(settings.DATA_DIR, "DATA_DIR")
+    # Any failure (disk, driver, server) ends here, without a traceback.
+    for setting, url, check in (
+        ("DATABASE_URL", settings.DATABASE_URL, models.create_tables),
+        ("QUEUE_URL", settings.QUEUE_URL, jobs.check_queue),
+    ):
+        try:
+            check()
+        except Exception as exc:
+            sys.exit(preflight.unreachable(setting, url, exc))
 
 
 def serve(with_consumer=True):
-    """Serve the app with gevent, with an embedded consumer unless told otherwise."""
+    """Serve the app with gevent, with a consumer in a child process unless told otherwise."""
     import signal
 
     import gevent
@@ -936,15 +943,16 @@ def serve(with_consumer=True):
     prepare()
     consumer = None
     if with_consumer:
-        consumer = jobs.huey.create_consumer(workers=settings.WORKERS, embedded=True)
+        consumer = supervisor.ConsumerProcess()
         consumer.start()
-        gevent.spawn(_supervise, consumer)
     server = WSGIServer(
         (settings.HOST, settings.PORT), app, log=None, error_log=logger, handler_class=NoDelayHandler
     )
 
     def stop(*_):
         logger.info("stopping: finishing requests and running jobs")
+        if consumer is not None:
+            gevent.spawn(consumer.stop)  # it finishes its running jobs while the server finishes its requests
         gevent.spawn(server.stop, timeout=5)
 
     if hasattr(gevent, "signal_handler") and sys.platform != "win32":
@@ -959,13 +967,13 @@ def serve(with_consumer=True):
     except Exception:
         logger.exception("could not write the API key call counts")
     if consumer is not None:
-        consumer.stop(graceful=True)
-        jobs.huey.notify_interrupted_tasks()
+        consumer.stop()
+        consumer.wait()
     logger.info("stopped")
 
 
 def _supervise(consumer):
-    """Drive the embedded consumer's heartbeat and worker health checks."""
+    """Drive an in-process consumer's heartbeat and worker health checks (the tests' consumers)."""
     from huey.consumer import ConsumerStopped
 
     health_check_ts = None
@@ -996,7 +1004,8 @@ def main(argv=None):
     copy = commands.add_parser("backup", help="copy the SQLite database and queue into folder DEST, while running")
     copy.add_argument("dest")
     args = parser.parse_args(argv)
-    setup_logging()
+    # With its consumer, `web.py run` writes two processes' lines into one log.
+    setup_logging("[web] " if args.command == "run" and not args.no_consumer else "")
 
     if args.command == "run":
         serve(with_consumer=not args.no_consumer)
