@@ -30,6 +30,7 @@ RESTART_DELAY = 1.0  # seconds before a consumer that exited is started again
 RESTART_DELAY_MAX = 60.0  # the longest wait; a consumer that ran this long starts over at RESTART_DELAY
 STOP_GRACE = 10.0  # seconds past SHUTDOWN_TIMEOUT before a consumer that does not stop is killed
 PREFIX = "[consumer] "
+CONSUMER_NICENESS = 5  # POSIX: the consumer's CPU priority below the web process's
 
 
 def describe_exit(code):
@@ -72,7 +73,8 @@ class ConsumerProcess:
         # Ctrl-C in a console or terminal reaches only the web process, which then
         # stops the consumer itself: a second Ctrl-C would cut its graceful stop short.
         if hasattr(subprocess, "CREATE_NEW_PROCESS_GROUP"):
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+            # Below the web process too, as os.nice() does on POSIX (run_child).
+            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS
         else:
             options["start_new_session"] = True
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
@@ -187,6 +189,9 @@ def run_child():
     import logconfig
 
     logconfig.setup()
+    if hasattr(os, "nice"):
+        # Below the web process: a job's CPU work then never delays an HTTP answer.
+        os.nice(CONSUMER_NICENESS)
     import jobs
 
     consumer = jobs.huey.create_consumer(workers=settings.WORKERS, worker_type="thread")
