@@ -135,7 +135,8 @@ class ConsumerProcess:
             jobs._wake.wait()
             jobs._wake.clear()
             process = self.process
-            if self.stopping or process is None or process.poll() is not None:
+            # returncode, not poll(): poll() takes the lock a pool thread holds while it waits.
+            if self.stopping or process is None or process.returncode is not None:
                 continue
             try:
                 process.stdin.write(b"\n")
@@ -151,7 +152,7 @@ class ConsumerProcess:
         self._stop_event.set()
         jobs._wake.set()  # lets _pass_wake_ups see `stopping`
         process = self.process
-        if process is not None and process.poll() is None:
+        if process is not None and process.returncode is None:
             try:
                 process.stdin.close()
             except OSError:
@@ -195,9 +196,7 @@ def run_child():
     import jobs
 
     consumer = jobs.huey.create_consumer(workers=settings.WORKERS, worker_type="thread")
-    threading.Thread(
-        target=_listen_to_parent, args=(consumer, jobs._wake), name="ParentPipe", daemon=True
-    ).start()
+    threading.Thread(target=_listen_to_parent, args=(consumer, jobs._wake), name="ParentPipe", daemon=True).start()
     consumer.run()
 
 

@@ -3,9 +3,8 @@
     .venv/bin/python bench/liveness.py [--jobs 20000] [--seconds 5] [--probes 300]
 
 `web.py run` runs its jobs in a consumer process of its own (supervisor.py),
-so four jobs of pure-Python work (tests/cpu_tasks.py's `spin`, holding the
-GIL) must not slow the web process's answers: /health/live p99 under 20 ms
-while they run. Then it drains `--jobs` echo jobs and reads the resident
+so four jobs of pure-Python work (tests/cpu_tasks.py's `spin`) must not
+slow the web process's answers: /health/live p99 under 20 ms while they run. Then it drains `--jobs` echo jobs and reads the resident
 memory of the web process and its consumer: together under 120 MB. Prints one
 JSON line; exits 1 when a target is missed. Linux only (/proc).
 """

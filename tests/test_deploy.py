@@ -75,7 +75,11 @@ def test_every_line_of_env_example_uncommented_reads_alike_in_sh_systemd_and_dot
     environ = {**in_sh, "DATA_DIR": str(tmp_path / "data"), "PATH": os.environ["PATH"]}
     check = subprocess.run(
         [sys.executable, "-c", "import settings; print(settings.MAIL_FROM)"],
-        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert check.returncode == 0 and check.stdout.strip() == "litejobs <noreply@localhost>", check.stderr
 
@@ -97,7 +101,9 @@ def install_root():
 def install(root, user):
     result = subprocess.run(
         ["sh", str(ROOT / "deploy" / "install.sh"), "--root", str(root), "--user", user, "--no-pip"],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -135,7 +141,9 @@ def test_install_script_sets_up_a_root_twice_alike(install_root):
         assert "\nEnvironmentFile=/etc/litejobs/litejobs.env\n" in text
     if AS_ROOT:
         account = pwd.getpwnam(user)
-        assert account.pw_shell == "/usr/sbin/nologin" and account.pw_uid < 1000 and "created system user" in first.stdout
+        assert (
+            account.pw_shell == "/usr/sbin/nologin" and account.pw_uid < 1000 and "created system user" in first.stdout
+        )
     else:
         assert "not root: skipping" in first.stdout
 
@@ -145,7 +153,12 @@ def test_install_script_sets_up_a_root_twice_alike(install_root):
     assert in_sh["ENV"] == "production" and in_sh["DATA_DIR"] == "/var/lib/litejobs" and len(in_sh["SECRET_KEY"]) >= 32
     if AS_ROOT:  # any other user is refused
         nobody = subprocess.run(
-            ["sh", "-c", '. "$0"', str(env_file)], capture_output=True, timeout=30, user="nobody", group="nogroup", extra_groups=[]
+            ["sh", "-c", '. "$0"', str(env_file)],
+            capture_output=True,
+            timeout=30,
+            user="nobody",
+            group="nogroup",
+            extra_groups=[],
         )
         assert nobody.returncode != 0
 

@@ -52,11 +52,17 @@ def test_make_run_defaults_finish_the_demo_data_and_twenty_certificates(tmp_path
     client = Client(f"http://127.0.0.1:{port}", key.stdout.split()[-1])
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        web = subprocess.Popen([sys.executable, "web.py", "run"], cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        web = subprocess.Popen(
+            [sys.executable, "web.py", "run"], cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         filled = subprocess.run(
             [sys.executable, "web.py", "demo-data", "--users", "200", "--posts", "1000", "--seed", "7"],
-            cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120,
+            cwd=ROOT,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert filled.returncode == 0, filled.stderr
         pdfs = tmp_path / "certificates"
@@ -98,8 +104,12 @@ def test_logging_from_real_threads_under_gevent_never_waits_for_ever(tmp_path):
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=user_environ(tmp_path, PYTHONPATH=str(ROOT)),
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=user_environ(tmp_path, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0 and result.stdout.split("\n")[0] == "[0, 1, 2, 3]", result.stderr[-2000:]
     assert result.stderr.count("INFO fontTools.subset: line") == 40000
@@ -109,14 +119,20 @@ def test_logging_from_real_threads_under_gevent_never_waits_for_ever(tmp_path):
 CONSUMER_SCRIPT = Path(sys.executable).parent / "huey_consumer"
 
 
-@pytest.mark.parametrize("command", [[str(CONSUMER_SCRIPT)], [sys.executable, "-m", "huey.bin.huey_consumer"]], ids=["script", "module"])
+@pytest.mark.parametrize(
+    "command", [[str(CONSUMER_SCRIPT)], [sys.executable, "-m", "huey.bin.huey_consumer"]], ids=["script", "module"]
+)
 def test_plain_huey_consumer_refuses_greenlet_workers_in_one_line(tmp_path, command):
     if not Path(command[0]).exists():
         pytest.skip("no huey_consumer script beside this Python")
     started = time.monotonic()
     result = subprocess.run(
-        [*command, "jobs.huey", "-k", "greenlet", "-w", "8"], cwd=ROOT, env=user_environ(tmp_path),
-        capture_output=True, text=True, timeout=60,
+        [*command, "jobs.huey", "-k", "greenlet", "-w", "8"],
+        cwd=ROOT,
+        env=user_environ(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0 and time.monotonic() - started < 30
     lines = result.stderr.strip().splitlines()
@@ -141,12 +157,27 @@ def test_greenlet_consumer_from_gevent_monkey_runs_certificates_and_stops_on_sig
         RUN_SCHEDULES="0",
     )
     log = tmp_path / "consumer.log"
-    command = [sys.executable, "-m", "gevent.monkey", "--module", "huey.bin.huey_consumer", "jobs.huey", "-k", "greenlet", "-w", "20"]
+    command = [
+        sys.executable,
+        "-m",
+        "gevent.monkey",
+        "--module",
+        "huey.bin.huey_consumer",
+        "jobs.huey",
+        "-k",
+        "greenlet",
+        "-w",
+        "20",
+    ]
     with open(log, "w") as out:
         consumer = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: courses.Certificate.select().count() == 20, timeout=120, interval=0.5, message="20 certificates")
-        wait_until(lambda: Job.select().where(Job.status.not_in(TERMINAL)).count() == 0, timeout=60, message="all ended")
+        wait_until(
+            lambda: courses.Certificate.select().count() == 20, timeout=120, interval=0.5, message="20 certificates"
+        )
+        wait_until(
+            lambda: Job.select().where(Job.status.not_in(TERMINAL)).count() == 0, timeout=60, message="all ended"
+        )
         assert Job.select().where(Job.status != "succeeded").count() == 0
         job, _ = jobs.submit("sleep", {"seconds": 1.5})
         wait_until(lambda: Job.get_by_id(job.id).status == "running", timeout=20, message="sleep running")
@@ -178,8 +209,12 @@ def test_missing_database_is_one_line_naming_the_setting(tmp_path, entry):
     name = f"litejobs_missing_{uuid.uuid4().hex[:8]}"
     missing = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
     result = subprocess.run(
-        ENTRY_POINTS[entry], cwd=ROOT, env=user_environ(tmp_path, DATABASE_URL=missing, PORT=str(free_port())),
-        capture_output=True, text=True, timeout=60,
+        ENTRY_POINTS[entry],
+        cwd=ROOT,
+        env=user_environ(tmp_path, DATABASE_URL=missing, PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1:] == result.stderr.strip().splitlines(), result.stderr
@@ -192,8 +227,12 @@ def test_missing_database_is_one_line_naming_the_setting(tmp_path, entry):
 def test_unreachable_database_is_one_line_naming_the_setting(tmp_path, entry):
     url = f"postgresql://litejobs:secret@127.0.0.1:{free_port()}/app"
     result = subprocess.run(
-        ENTRY_POINTS[entry], cwd=ROOT, env=user_environ(tmp_path, DATABASE_URL=url, PORT=str(free_port())),
-        capture_output=True, text=True, timeout=60,
+        ENTRY_POINTS[entry],
+        cwd=ROOT,
+        env=user_environ(tmp_path, DATABASE_URL=url, PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     line = result.stderr.strip()
     assert result.returncode != 0 and len(line.splitlines()) == 1, result.stderr
