@@ -79,7 +79,10 @@ def _choice(*choices):
 
 def _level(raw):
     """A logging level name, in any case."""
-    return _choice("DEBUG", "INFO", "WARNING", "ERROR")(raw.upper())
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+    if raw.upper() not in levels:
+        raise ValueError(f"expected one of {', '.join(levels)} (any case), got {raw!r}")
+    return raw.upper()
 
 
 def _url(*schemes):

@@ -52,6 +52,9 @@ say() { echo "install.sh: $*"; }
 
 if [ "$(id -u)" -eq 0 ]; then
     AS_ROOT=yes
+elif [ -z "$ROOT" ]; then
+    echo "install.sh: run it as root (sudo deploy/install.sh), or try it with --root DIR" >&2
+    exit 1
 else
     AS_ROOT=no
     say "not root: skipping the system user and owners (modes are still set)"
