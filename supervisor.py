@@ -182,7 +182,8 @@ def _listen_to_parent(consumer, wake):
     """Wake the workers on each line from the web process; stop at end of file."""
     for _ in sys.stdin.buffer:
         wake.set()
-    consumer.request_stop()
+    logger.info("the web process stops (or died): stopping gracefully")
+    consumer.request_stop()  # huey then logs it as a SIGINT, its graceful stop
 
 
 def run_child():
@@ -191,7 +192,7 @@ def run_child():
 
     logconfig.setup()
     if hasattr(os, "nice"):
-        # Below the web process: a job's CPU work then never delays an HTTP answer.
+        # Below the web process: on a busy CPU, HTTP answers go before job code.
         os.nice(CONSUMER_NICENESS)
     import jobs
 
