@@ -31,7 +31,7 @@ from peewee import IntegrityError, PeeweeException
 import logconfig
 import preflight
 import settings
-from models import TERMINAL, WAITING, WAL_CHECKPOINT_PAGES, Job, Worker, close_all_connections, create_tables, utcnow
+from models import TERMINAL, WAITING, WAL_CHECKPOINT_PAGES, Job, Worker, close_all_connections, utcnow
 from models import ApiKey, LoginFailure, Token, User, bulk_insert, checkpoint, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
@@ -773,14 +773,7 @@ class Consumer(huey_consumer.Consumer):
             _log_to_stderr()
         CONSUMER_ID = f"{settings.HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # A consumer may be the first process to meet a new database.
-        for setting, url, check in (
-            ("DATABASE_URL", settings.DATABASE_URL, create_tables),
-            ("QUEUE_URL", settings.QUEUE_URL, check_queue),
-        ):
-            try:
-                check()
-            except Exception as exc:  # one line naming the setting, not a driver's traceback
-                sys.exit(preflight.unreachable(setting, url, exc))
+        preflight.check_services()
         Worker.create(
             id=CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers
         )

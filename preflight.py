@@ -8,7 +8,24 @@ where one is known.
 
 import re
 import shlex
+import sys
 from urllib.parse import urlsplit, urlunsplit
+
+
+def check_services():
+    """Create the tables and reach the queue; exit with one line naming the setting that failed."""
+    import jobs  # imported here: jobs imports this module
+    import models
+    import settings
+
+    for setting, url, check in (
+        ("DATABASE_URL", settings.DATABASE_URL, models.create_tables),
+        ("QUEUE_URL", settings.QUEUE_URL, jobs.check_queue),
+    ):
+        try:
+            check()
+        except Exception as exc:  # any driver's error: one line, not its traceback
+            sys.exit(unreachable(setting, url, exc))
 
 
 def without_password(url):

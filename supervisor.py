@@ -180,7 +180,9 @@ class ConsumerProcess:
 # -- The child process ---------------------------------------------------------------
 def _listen_to_parent(consumer, wake):
     """Wake the workers on each line from the web process; stop at end of file."""
-    for _ in sys.stdin.buffer:
+    # os.read, not sys.stdin: a daemon thread blocked inside sys.stdin's buffer
+    # holds its lock, and Python then aborts at exit ("could not acquire lock").
+    while os.read(sys.stdin.fileno(), 4096):
         wake.set()
     logger.info("the web process stops (or died): stopping gracefully")
     consumer.request_stop()  # huey then logs it as a SIGINT, its graceful stop

@@ -912,15 +912,7 @@ def setup_logging(prefix=""):
 def prepare():
     """Create the data folder and tables; exit with one line naming the setting when that fails."""
     settings.ensure_dir(settings.DATA_DIR, "DATA_DIR")
-    # Any failure (disk, driver, server) ends here, without a traceback.
-    for setting, url, check in (
-        ("DATABASE_URL", settings.DATABASE_URL, models.create_tables),
-        ("QUEUE_URL", settings.QUEUE_URL, jobs.check_queue),
-    ):
-        try:
-            check()
-        except Exception as exc:
-            sys.exit(preflight.unreachable(setting, url, exc))
+    preflight.check_services()
 
 
 def serve(with_consumer=True):

@@ -195,6 +195,20 @@ def test_greenlet_consumer_from_gevent_monkey_runs_certificates_and_stops_on_sig
 
 
 # -- A database that is not there -------------------------------------------------------
+def start_entry_point(entry, environ):
+    """Run an entry point to its end, its stdin held open as `web.py run` holds its consumer's."""
+    process = subprocess.Popen(
+        ENTRY_POINTS[entry], cwd=ROOT, env=environ, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stdin.close()
+    return subprocess.CompletedProcess(process.args, process.returncode, "", process.stderr.read())
+
+
 ENTRY_POINTS = {
     "web run": [sys.executable, "web.py", "run"],
     "web cli": [sys.executable, "web.py", "create-key", "x"],
@@ -208,14 +222,7 @@ def test_missing_database_is_one_line_naming_the_setting(tmp_path, entry):
     service_or_skip("PostgreSQL", lambda: __import__("psycopg").connect(POSTGRES_URL, connect_timeout=3).close())
     name = f"litejobs_missing_{uuid.uuid4().hex[:8]}"
     missing = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    result = subprocess.run(
-        ENTRY_POINTS[entry],
-        cwd=ROOT,
-        env=user_environ(tmp_path, DATABASE_URL=missing, PORT=str(free_port())),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = start_entry_point(entry, user_environ(tmp_path, DATABASE_URL=missing, PORT=str(free_port())))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1:] == result.stderr.strip().splitlines(), result.stderr
     line = result.stderr.strip()
@@ -226,14 +233,7 @@ def test_missing_database_is_one_line_naming_the_setting(tmp_path, entry):
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_unreachable_database_is_one_line_naming_the_setting(tmp_path, entry):
     url = f"postgresql://litejobs:secret@127.0.0.1:{free_port()}/app"
-    result = subprocess.run(
-        ENTRY_POINTS[entry],
-        cwd=ROOT,
-        env=user_environ(tmp_path, DATABASE_URL=url, PORT=str(free_port())),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = start_entry_point(entry, user_environ(tmp_path, DATABASE_URL=url, PORT=str(free_port())))
     line = result.stderr.strip()
     assert result.returncode != 0 and len(line.splitlines()) == 1, result.stderr
     assert "DATABASE_URL: cannot use postgresql://litejobs:***@127.0.0.1" in line and "secret" not in line, line
