@@ -539,7 +539,7 @@ def run_submit(name):
 @page("/workers")
 def workers():
     """Consumers: host, pid, kind, concurrency, last heartbeat and running jobs."""
-    rows = list(Worker.select().order_by(Worker.started_at.desc()).limit(100))
+    rows = list(Worker.listed().limit(100))
     running = {}
     for job in Job.running_on([w.id for w in rows]):
         running.setdefault(job.consumer_id, []).append(job)

@@ -37,16 +37,18 @@ from peewee import IntegrityError, PeeweeException, SqliteDatabase
 import backup
 import disk
 import hooks
+import logconfig
+import preflight
 import runs
 import settings
-from models import TERMINAL, WAITING, Job, Worker, close_all_connections, create_tables, db_time, utcnow, wal_pages
+from models import TERMINAL, WAITING, Job, Worker, close_all_connections, db_time, utcnow, wal_pages
 from models import ScheduleRun, User, bulk_insert, checkpoint, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
 
 
 class JobError(Exception):
-    """Raise to fail a job with exactly this message."""
+    """Raise to fail a job at once with exactly this message, without retries: its input is wrong."""
 
 
 class ArgumentError(ValueError):
@@ -217,7 +219,10 @@ def make_huey(url):
     return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=PostgresStorage, dsn=url)
 
 
-huey = make_huey(settings.QUEUE_URL)
+try:
+    huey = make_huey(settings.QUEUE_URL)
+except Exception as exc:  # a PostgreSQL queue connects and creates its tables at once
+    sys.exit(preflight.unreachable("QUEUE_URL", settings.QUEUE_URL, exc))
 
 
 def use_queue(url):
@@ -635,10 +640,14 @@ def progress(done, total=None, message=None):
 
 def fail_now(message):
     """Fail the running job with `message` and no retries: its input is wrong, not the moment."""
-    running = getattr(_current, "task", None)
-    if running is not None:
-        running.retries = 0  # huey reads this after the task raises
     raise JobError(message)
+
+
+@huey.signal(signals.SIGNAL_ERROR)
+def _no_retries_for_job_error(signal_name, message, exc):
+    """A JobError fails its job at once; any other exception is retried as the function says."""
+    if isinstance(exc, JobError):
+        message.retries = 0  # huey reads this right after its error signal
 
 
 def _worker_name():
@@ -930,13 +939,15 @@ def requeue_lost(now=None):
 
 
 def _log_to_stderr():
-    """huey_consumer sets up only huey's logger: give litejobs' a handler at LOG_LEVEL too."""
-    ours = logging.getLogger("litejobs")
-    if not ours.handlers and not logging.getLogger().handlers:
+    """huey_consumer sets up only huey's logger: log the rest to stderr too, each logger at its level."""
+    root = logging.getLogger()
+    if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        ours.addHandler(handler)
-    ours.setLevel(settings.LOG_LEVEL)
+        handler.setFormatter(logging.Formatter(logconfig.FORMAT))
+        root.addHandler(handler)
+        # huey_consumer gave huey's logger a handler of its own: one line per event, not two.
+        logging.getLogger("huey").propagate = not logging.getLogger("huey").handlers
+    logconfig.set_levels()
 
 
 class QueueWorker(huey_consumer.Worker):
@@ -979,6 +990,22 @@ def watch_queue_file(path, stop_flag, interval=0.025):
         stop_flag.wait(interval)
 
 
+def _refuse_unpatched_greenlets():
+    """Exit at once, naming the command that works, when gevent did not patch before the imports.
+
+    Unpatched, greenlet workers share one database connection, block each
+    other, and cannot be stopped by a signal.
+    """
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading") and monkey.is_module_patched("socket"):
+        return
+    import shlex
+
+    command = shlex.join([sys.executable, "-m", "gevent.monkey", "--module", "huey.bin.huey_consumer", *sys.argv[1:]])
+    sys.exit(f"litejobs: greenlet workers need gevent's patch before anything is imported; run: {command}")
+
+
 class Consumer(huey_consumer.Consumer):
     """huey's consumer plus a Worker row, heartbeats, the reaper and graceful SIGTERM."""
 
@@ -988,6 +1015,8 @@ class Consumer(huey_consumer.Consumer):
     scheduler_class = huey_consumer.Scheduler
 
     def __init__(self, huey_instance, embedded=False, **options):
+        if options.get("worker_type") == "greenlet":
+            _refuse_unpatched_greenlets()
         # RUN_SCHEDULES=0 (or huey_consumer -n) makes a consumer that only runs jobs.
         options["periodic"] = options.get("periodic", True) and settings.RUN_SCHEDULES
         # An idle SQLite consumer would otherwise back off to 10 s between polls.
@@ -1019,7 +1048,7 @@ class Consumer(huey_consumer.Consumer):
             _log_to_stderr()
         CONSUMER_ID = f"{settings.HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # A consumer may be the first process to meet a new database.
-        create_tables()
+        preflight.check_services(check_queue)
         Worker.create(
             id=CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers,
             apps=",".join(APPS),
@@ -1042,6 +1071,10 @@ class Consumer(huey_consumer.Consumer):
             threading.Thread(
                 target=watch_queue_file, args=(storage.filename, self.stop_flag), name="QueueWatcher", daemon=True
             ).start()
+
+    def request_stop(self):
+        """Stop gracefully, as Ctrl-C does, from any thread: the main loop sees it within half a second."""
+        self._restart, self._graceful, self._signum = False, True, signal.SIGINT
 
     def _set_signal_handlers(self):
         # Embedded in the web process, the server owns Ctrl-C and SIGTERM.

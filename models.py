@@ -477,6 +477,12 @@ class Worker(BaseModel):
         return cls.select().where((cls.last_heartbeat >= cutoff) & cls.stopped_at.is_null())
 
     @classmethod
+    def listed(cls, now=None):
+        """Consumers alive or seen in the last day, newest first; one dead longer lives on in its jobs' history."""
+        cutoff = (now or utcnow()) - datetime.timedelta(days=1)
+        return cls.select().where(cls.last_heartbeat >= cutoff).order_by(cls.started_at.desc())
+
+    @classmethod
     def beat(cls, worker_id):
         cls.update(last_heartbeat=db_time()).where(cls.id == worker_id).execute()
 

@@ -77,6 +77,14 @@ def _choice(*choices):
     return parse
 
 
+def _level(raw):
+    """A logging level name, in any case."""
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+    if raw.upper() not in levels:
+        raise ValueError(f"expected one of {', '.join(levels)} (any case), got {raw!r}")
+    return raw.upper()
+
+
 def _url(*schemes):
     forms = {
         "sqlite": "sqlite:///relative/path.db or sqlite:////absolute/path.db",
@@ -176,8 +184,9 @@ PORT = _define("PORT", 8000, "TCP port the web server listens on", _int(1, 65535
 SECRET_KEY = _define("SECRET_KEY", "", "signs session cookies; required (32+ characters) in production")
 MAX_BODY_BYTES = _define("MAX_BODY_BYTES", 1024 * 1024, "largest JSON body accepted (413 above)", _int(1024))
 UPLOAD_MAX_MB = _define("UPLOAD_MAX_MB", 10, "largest upload accepted, in MiB", _int(1, 1024))
-LOG_LEVEL = _define(
-    "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL = _define("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR (any case): litejobs' own log lines", _level)
+LIBRARY_LOG_LEVEL = _define(
+    "LIBRARY_LOG_LEVEL", "WARNING", "DEBUG, INFO, WARNING or ERROR: other libraries' log lines (fontTools, PIL…)", _level
 )
 TIMEZONE = _define("TIMEZONE", "UTC", "time zone that schedule crontabs are read in (IANA name)", _timezone)
 SESSION_HOURS = _define("SESSION_HOURS", 12.0, "hours a dashboard login lasts", _float(0.01, 24 * 366))
@@ -211,7 +220,7 @@ CORS_ORIGINS = _define(
 METRICS_TOKEN = _define("METRICS_TOKEN", "", "bearer token that /metrics requires; empty: /metrics is open")
 
 # -- The consumer ------------------------------------------------------------
-WORKERS = _define("WORKERS", 4, "worker threads of the consumer embedded in `web.py run`", _int(1, 256))
+WORKERS = _define("WORKERS", 4, "worker threads of the consumer process that `web.py run` starts", _int(1, 256))
 POLL_MAX_DELAY = _define(
     "POLL_MAX_DELAY", 0.1, "longest pause, in seconds, between queue polls of an idle consumer", _float(0.001, 10)
 )

@@ -1,7 +1,7 @@
 """litejobs web: the Bottle app (JSON API, health) and the command line.
 
-`python web.py run` serves the app with gevent and runs a consumer in the
-same process; `python web.py create-key NAME` makes an API key.
+`python web.py run` serves the app with gevent and starts a consumer beside
+it, in a child process (supervisor.py); `python web.py create-key NAME` makes an API key.
 """
 
 if __name__ == "__main__":
@@ -13,9 +13,12 @@ if __name__ == "__main__":
 
         sys.exit(backup.main(sys.argv[2:]))
     # gevent must patch the standard library before anything else imports it.
+    # subprocess stays the standard library's: supervisor.py runs the consumer
+    # with it and does the blocking waits in gevent's thread pool, alike on
+    # Linux and Windows (gevent's Popen waits with a child watcher, POSIX only).
     from gevent import monkey
 
-    monkey.patch_all()
+    monkey.patch_all(subprocess=False)
 
 import argparse
 import hmac
@@ -34,9 +37,11 @@ import dashboard
 import health
 import joblog
 import jobs
+import logconfig
 import metrics
 import models
 import openapi
+import preflight
 import reloader
 import schedules
 import schema
@@ -62,6 +67,7 @@ from api import (
     router,
 )
 import stops
+import supervisor
 from models import ApiKey, Job, Worker
 
 logger = logging.getLogger("litejobs.web")
@@ -245,7 +251,7 @@ def list_queues():
 @api("/api/v1/workers")
 def list_workers():
     """Consumers, alive or recently seen, with the jobs they run."""
-    workers = list(Worker.select().order_by(Worker.started_at.desc()).limit(100))
+    workers = list(Worker.listed().limit(100))
     running = {}
     for job in Job.running_on([w.id for w in workers]):
         running.setdefault(job.consumer_id, []).append(job.id)
@@ -338,25 +344,22 @@ mount_apps()
 
 
 # -- Command line ----------------------------------------------------------------
-def setup_logging():
-    logging.basicConfig(
-        level=settings.LOG_LEVEL,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(prefix=""):
+    logconfig.setup(prefix)
 
 
 def prepare():
-    """Create the data folder and tables; exit with a clear message when that fails."""
+    """Create the data folder and tables; exit with one line naming the setting when that fails."""
+    settings.ensure_dir(settings.DATA_DIR, "DATA_DIR")
+    preflight.check_services(jobs.check_queue)
     try:
-        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
         schema.upgrade(jobs.loaded_apps())
-        jobs.check_queue()
-    except Exception as exc:  # any start-up failure (disk, database, queue) ends here, without a traceback
-        sys.exit(f"litejobs: cannot start: {type(exc).__name__}: {exc} (check DATA_DIR, DATABASE_URL and QUEUE_URL)")
+    except Exception as exc:  # a migration that cannot run: one line, not a traceback
+        sys.exit(f"litejobs: cannot start: migrating the database failed: {type(exc).__name__}: {exc}")
 
 
 def serve(with_consumer=True, stop_on_stdin_eof=False):
-    """Serve the app with gevent, with an embedded consumer unless told otherwise.
+    """Serve the app with gevent, with a consumer in a child process unless told otherwise.
 
     `stop_on_stdin_eof`: stop gracefully when stdin closes (reloader.py's child).
     """
@@ -379,15 +382,16 @@ def serve(with_consumer=True, stop_on_stdin_eof=False):
     running = backup.running_lock()  # noqa: F841 (held while serving: restore refuses meanwhile)
     consumer = None
     if with_consumer:
-        consumer = jobs.huey.create_consumer(workers=settings.WORKERS, embedded=True)
+        consumer = supervisor.ConsumerProcess()
         consumer.start()
-        gevent.spawn(supervise, consumer)
     server = WSGIServer(
         (settings.HOST, settings.PORT), app, log=None, error_log=logger, handler_class=NoDelayHandler
     )
 
     def stop(*_):
         logger.info("stopping: finishing requests and running jobs")
+        if consumer is not None:
+            gevent.spawn(consumer.stop)  # it finishes its running jobs while the server finishes its requests
         gevent.spawn(server.stop, timeout=5)
 
     if hasattr(gevent, "signal_handler") and sys.platform != "win32":
@@ -410,8 +414,8 @@ def serve(with_consumer=True, stop_on_stdin_eof=False):
     except Exception:
         logger.exception("could not write the API key call counts")
     if consumer is not None:
-        consumer.stop(graceful=True)
-        jobs.huey.notify_interrupted_tasks()
+        consumer.stop()
+        consumer.wait()
     logger.info("stopped")
 
 
@@ -455,7 +459,8 @@ def main(argv=None):
     restore = commands.add_parser("restore", help="check a backup archive and put it back (litejobs stopped)")
     restore.add_argument("archive")
     args = parser.parse_args(argv)
-    setup_logging()
+    # With its consumer, `web.py run` writes two processes' lines into one log.
+    setup_logging("[web] " if args.command == "run" and not args.no_consumer else "")
 
     if args.command == "run" and args.reload:
         command = [sys.executable, str(settings.BASE_DIR / "web.py"), "run", "--stop-on-stdin-eof"]

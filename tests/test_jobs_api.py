@@ -25,6 +25,12 @@ def flaky(key: str, failures: int = 1):
     return _attempts[key]
 
 
+def reject(key: str):
+    """Refuse its input with JobError, although it has retries."""
+    _attempts[key] = _attempts.get(key, 0) + 1
+    raise jobs.JobError(f"bad input {key}")
+
+
 def short_lived() -> str:
     """Must start within a second of being enqueued."""
     return "ran"
@@ -41,10 +47,11 @@ def boom():
 
 @pytest.fixture(autouse=True, scope="module")
 def test_functions():
-    """flaky, short_lived and typed as public tasks, and a route that raises, while these tests run."""
+    """flaky, short_lived, reject and typed as public tasks, and a route that raises, while these tests run."""
     tasks = (
         (flaky, {"public": True, "retries": 2, "retry_delay": 0}),
         (short_lived, {"public": True, "expires": 1}),
+        (reject, {"public": True, "retries": 2, "retry_delay": 0}),
         (typed, {"public": True}),
     )
     with registered_tasks(*tasks), registered_route(web.app, "/api/v1/test-only/boom", boom):
@@ -326,6 +333,26 @@ def test_retries_exhausted_fail(client):
     row = job_row(job["id"])
     assert row.status == "failed" and row.attempts == 3 and "RuntimeError" in row.error
     assert jobs.huey.dequeue() is None
+
+
+def test_job_error_fails_at_once_without_retries(client):
+    job = client.post("/api/v1/jobs/reject", {"key": "j1"}).json
+    jobs.huey.execute(jobs.huey.dequeue())
+    row = job_row(job["id"])
+    assert row.status == "failed" and row.error == "bad input j1" and row.attempts == 1
+    assert _attempts["j1"] == 1 and jobs.huey.dequeue() is None and jobs.huey.scheduled_count() == 0
+
+
+def test_workers_dead_over_a_day_are_not_listed_but_their_jobs_keep_the_name(client):
+    now = models.utcnow()
+    hour = datetime.timedelta(hours=1)
+    for name, seen in (("alive", now), ("dead-2h", now - 2 * hour), ("dead-2d", now - 48 * hour)):
+        models.Worker.create(id=name, host="h", pid=1, kind="thread", concurrency=1, started_at=seen, last_heartbeat=seen)
+    old = Job.record(id="old-job", name="echo", status="succeeded", consumer_id="dead-2d", worker="h:1:Worker-1")
+    listed = {w["id"]: w["alive"] for w in client.get("/api/v1/workers").json["workers"]}
+    assert listed == {"alive": True, "dead-2h": False}
+    job = client.get(f"/api/v1/jobs/{old.id}").json
+    assert job["status"] == "succeeded" and job["worker"] == "h:1:Worker-1"
 
 
 def test_expired_job_never_runs(client):

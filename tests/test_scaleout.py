@@ -106,7 +106,7 @@ def _answers(client):
 
 
 def test_concurrent_writers_never_see_database_locked(tmp_path):
-    """`web.py run` (greenlets) and a standalone consumer (threads) write one SQLite file together."""
+    """`web.py run` (with its consumer) and a standalone consumer write one SQLite file together."""
     from concurrent.futures import ThreadPoolExecutor
 
     port = free_port()

@@ -130,3 +130,15 @@ def test_unreachable_database_stops_with_a_clear_message(tmp_path):
     )
     assert result.returncode != 0
     assert "cannot start" in result.stderr and "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["info", "Warning", "DEBUG"])
+def test_log_levels_are_read_in_any_case(tmp_path, value):
+    code = "import settings; print(settings.LOG_LEVEL, settings.LIBRARY_LOG_LEVEL)"
+    result = run_python(code, tmp_path, LOG_LEVEL=value, LIBRARY_LOG_LEVEL=value.lower())
+    assert result.stdout.split() == [value.upper(), value.upper()], result.stderr
+
+
+def test_a_wrong_log_level_names_the_choices(tmp_path):
+    result = run_python("import settings", tmp_path, LOG_LEVEL="loud")
+    assert result.returncode != 0 and "LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR (any case), got 'loud'" in result.stderr

@@ -7,7 +7,7 @@ import sys
 
 from gevent import monkey
 
-monkey.patch_all()
+monkey.patch_all(subprocess=False)  # as web.py does
 
 import web  # noqa: E402
 
