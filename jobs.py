@@ -376,8 +376,11 @@ def submit(
     idempotency_key=None,
     parent_id=None,
     checked=False,
+    queue=None,
 ):
     """Record and enqueue a call of function `name`; returns (job, created).
+
+    `queue` puts this call on another queue than the function's (a schedule's override).
 
     The row is written first and the message second; if the message cannot be
     written the row is removed again, so a failure leaves nothing behind.
@@ -387,8 +390,9 @@ def submit(
     kwargs = args if checked else function.validate(args)
     if delay is not None:
         eta = utcnow() + datetime.timedelta(seconds=delay)
+    queue = queue or function.queue
     if priority is None:
-        priority = function.priority
+        priority = settings.QUEUE_PRIORITIES.get(queue, 0)
     try:
         if idempotency_key is not None:
             existing = Job.by_idempotency_key(api_key_id, name, idempotency_key)
@@ -399,7 +403,7 @@ def submit(
             name=name,
             args=json.dumps(kwargs),
             status="scheduled" if eta and eta > utcnow() else "queued",
-            queue=function.queue,
+            queue=queue,
             priority=priority,
             scheduled_for=eta,
             parent_id=parent_id,
