@@ -28,6 +28,7 @@ import models
 import openapi
 import reloader
 import schedule_edits
+import schedule_pages
 import schedules
 import schema
 import settings
@@ -356,8 +357,9 @@ def openapi_document():
     return openapi.document(jobs.loaded_apps(), jobs.public_functions())
 
 
-# The HTML dashboard (dashboard.py): its routes run under this app's hooks.
+# The HTML dashboard (dashboard.py, schedule_pages.py): its routes run under this app's hooks.
 app.merge(dashboard.pages)
+app.merge(schedule_pages.pages)
 
 
 def mount_apps():
