@@ -18,7 +18,7 @@ import schedules
 import schema
 from helpers import ROOT, assert_error, base_env, wait_until
 from models import Job, ScheduleChange, ScheduleRun, StoredSchedule
-from test_dashboard import EMAIL, browser, logged_in, user  # noqa: F401 - fixtures
+from test_dashboard import EMAIL, PASSWORD, Browser
 
 NIGHTLY = {"name": "nightly-echo", "function": "echo", "cron": "30 2 * * *", "args": {"value": {"report": "sales"}}}
 
@@ -219,6 +219,15 @@ def test_two_schedulers_share_an_added_schedule_on_postgresql(postgres_database)
     assert [j for j in first.enqueue_periodic_tasks(at("2026-11-24T10:00:01")) if j.name == "echo"] == []
 
 
+def test_schedules_are_read_again_only_after_a_change(client):
+    first = schedules.all_schedules()
+    assert schedules.all_schedules() is first  # no change: the rows were not read again
+    client.post("/api/v1/schedules", NIGHTLY)
+    second = schedules.all_schedules()
+    assert second is not first and "nightly-echo" in second and "nightly-echo" not in first
+    assert schedules.all_schedules() is second
+
+
 SCHEDULER_PROCESS = """
 import datetime, sys, jobs, schedules
 scheduler = schedules.Scheduler(jobs.huey, None, 1, True)
@@ -279,6 +288,15 @@ def test_an_existing_database_gets_the_new_tables_by_migration(tmp_path):
 
 
 # -- The dashboard ------------------------------------------------------------------------
+@pytest.fixture
+def logged_in(server_url):
+    """A browser logged in to the dashboard."""
+    models.User.create(email=EMAIL, password_hash=models.User.hash_password(PASSWORD), is_admin=True)
+    browser = Browser(server_url)
+    assert browser.login().status == 303
+    return browser
+
+
 def form(**fields):
     return {"name": "", "function": "", "cron": "", "args": "", "queue": "", "timezone": "", **fields}
 
@@ -342,6 +360,6 @@ def test_dashboard_schedule_forms_need_the_csrf_token(logged_in):
     assert StoredSchedule.select().count() == 0
 
 
-def test_schedule_pages_need_a_login(browser):
-    reply = browser.get("/schedules/new")
+def test_schedule_pages_need_a_login(server_url):
+    reply = Browser(server_url).get("/schedules/new")
     assert reply.status == 303 and "/login" in reply.getheader("Location")
