@@ -187,7 +187,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 CORS_HEADERS = {
-    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, X-API-Key, Content-Type, Idempotency-Key",
     "Access-Control-Max-Age": "600",
 }

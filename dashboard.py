@@ -578,14 +578,14 @@ def _schedule_action(action, name):
 @page("/schedules/<name>/pause", "POST")
 def schedule_pause(name):
     """Pause a schedule for every consumer; shows the schedules."""
-    _schedule_action(pause_schedule, name)
+    _schedule_action(lambda n: pause_schedule(n, who=f"user {current_user().email}"), name)
     redirect(f"/schedules#schedule-{quote(name)}", 303)
 
 
 @page("/schedules/<name>/resume", "POST")
 def schedule_resume(name):
     """Resume a paused schedule; shows the schedules."""
-    _schedule_action(lambda n: pause_schedule(n, paused=False), name)
+    _schedule_action(lambda n: pause_schedule(n, paused=False, who=f"user {current_user().email}"), name)
     redirect(f"/schedules#schedule-{quote(name)}", 303)
 
 

@@ -446,6 +446,7 @@ def submit(
     idempotency_key=None,
     parent_id=None,
     checked=False,
+    queue=None,
 ):
     """Record and enqueue a call of function `name`; returns (job, created).
 
@@ -455,14 +456,17 @@ def submit(
     answer is an error and the job never runs; the row is removed, or by the
     reaper if that fails too. A retry with the same idempotency key takes over
     a row left pending and pushes again: one job whatever happened before.
+
+    `queue` puts this call on another queue than the function's (a schedule's override).
     """
     function = FUNCTIONS[name]
     args = args or {}
     kwargs = args if checked else function.validate(args)
     if delay is not None:
         eta = utcnow() + datetime.timedelta(seconds=delay)
+    queue = queue or function.queue
     if priority is None:
-        priority = function.priority
+        priority = settings.QUEUE_PRIORITIES.get(queue, 0)
     status = "scheduled" if eta and eta > utcnow() else "queued"
     check_disk()
     try:
@@ -479,7 +483,7 @@ def submit(
                 name=name,
                 args=json.dumps(kwargs),
                 status="pending",
-                queue=function.queue,
+                queue=queue,
                 priority=priority,
                 scheduled_for=eta,
                 parent_id=parent_id,

@@ -949,6 +949,56 @@ class ScheduleRun(BaseModel):
         return cls.delete().where(cls.claimed_at < before).execute()
 
 
+class StoredSchedule(BaseModel):
+    """A schedule added at run time (`added`), or what an edit changed of a schedule declared in code.
+
+    A null field takes its default: for a code schedule, its value in code; for
+    an added one, no arguments, the function's own queue and TIMEZONE.
+    """
+
+    name = CharField(primary_key=True)
+    function = CharField(null=True)
+    cron = CharField(null=True)
+    args = TextField(null=True)  # a JSON object
+    queue = CharField(null=True)
+    timezone = CharField(null=True)
+    added = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+
+
+class ScheduleChange(BaseModel):
+    """One change to a schedule: who made it, when, and the schedule before and after (JSON)."""
+
+    schedule = CharField(index=True)
+    action = CharField()  # added, edited, deleted, reset, paused, resumed
+    who = CharField()
+    at = DateTimeField(default=utcnow)
+    before = TextField(null=True)
+    after = TextField(null=True)
+
+    @classmethod
+    def stamp(cls):
+        """(count, newest id) of the log: it moves whenever a change commits.
+
+        The count matters on PostgreSQL, where a sequence number taken first can commit last.
+        """
+        return cls.select(fn.COUNT(cls.id), fn.MAX(cls.id)).tuples().get()
+
+    @classmethod
+    def of(cls, name, limit=100):
+        return list(cls.select().where(cls.schedule == name).order_by(cls.id.desc()).limit(limit))
+
+    def to_dict(self):
+        return {
+            "action": self.action,
+            "who": self.who,
+            "at": isoformat(self.at),
+            "before": json.loads(self.before) if self.before else None,
+            "after": json.loads(self.after) if self.after else None,
+        }
+
+
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
@@ -1088,6 +1138,8 @@ MIGRATIONS = [
     + add_column_once(migrator, "job", "lease_until", DateTimeField(null=True)),
     # 4: cancel with terminate=true (stops.py).
     lambda migrator: add_column_once(migrator, "job", "terminate_requested", BooleanField(default=False)),
+    # 5: schedules added and edited at run time, and the log of their changes.
+    lambda migrator: create_tables_once(migrator, [StoredSchedule, ScheduleChange]),
 ]
 
 
@@ -1096,6 +1148,12 @@ def add_column_once(migrator, table, name, field):
     if name in {column.name for column in migrator.database.get_columns(table)}:
         return []
     return [migrator.add_column(table, name, field)]
+
+
+def create_tables_once(migrator, tables):
+    """Create `tables` where missing; no operations for the migrator to run."""
+    migrator.database.create_tables(tables, safe=True)
+    return []
 
 
 def create_tables():

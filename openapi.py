@@ -215,12 +215,27 @@ SCHEMAS = {
     "Schedule": obj(
         {
             "name": STRING,
-            "cron": {"type": "string", "description": "crontab read in TIMEZONE, e.g. 0 2 * * *"},
+            "function": {"type": "string", "description": "the function it runs"},
+            "cron": {"type": "string", "description": "crontab read in `timezone`, e.g. 0 2 * * *"},
+            "args": {"type": "object", "description": "the function's arguments"},
+            "queue": {"type": "string", "description": "the queue its jobs go to"},
+            "timezone": {"type": "string", "description": "IANA time zone the crontab is read in (default TIMEZONE)"},
+            "source": {"type": "string", "enum": ["code", "api"], "description": "declared in code, or added at run time"},
+            "overridden": {"type": "boolean", "description": "a code schedule with fields edited at run time"},
             "paused": BOOL,
             "next_run": nullable(TIME),
             "last_run": nullable(TIME),
             "last_status": nullable(STRING),
             "last_job_id": nullable(STRING),
+        }
+    ),
+    "ScheduleChange": obj(
+        {
+            "action": {"type": "string", "enum": ["added", "edited", "deleted", "reset", "paused", "resumed"]},
+            "who": {"type": "string", "description": "the API key or dashboard user that made it"},
+            "at": TIME,
+            "before": nullable({"type": "object"}),
+            "after": nullable({"type": "object"}),
         }
     ),
     "Worker": obj(
@@ -425,7 +440,64 @@ PATHS = {
             "Periodic tasks with their next and last run",
             "schedules",
             responses({"200": ("the schedules", listing("schedules", ref("Schedule")))}),
-        )
+        ),
+        "post": operation(
+            "addSchedule",
+            "Add a schedule at run time",
+            "schedules",
+            responses({"201": ("the schedule", ref("Schedule"), LOCATION)}, "409", "422", body=True),
+            request_body=json_body(
+                obj(
+                    {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"},
+                        "function": {"type": "string", "description": "a loaded function (GET /api/v1/functions)"},
+                        "cron": {"type": "string", "description": "minute hour day month day-of-week"},
+                        "args": {"type": "object", "description": "checked against the function's signature"},
+                        "queue": nullable({"type": "string", "description": "default: the function's queue"}),
+                        "timezone": nullable({"type": "string", "description": "IANA name; default TIMEZONE"}),
+                    },
+                    required=["name", "function", "cron"],
+                ),
+                "422 names the bad field: `cron` (with the parser's message), `function`, `timezone`, "
+                "`queue`, `name`, `args`, or `args.<argument>`",
+            ),
+        ),
+    },
+    "/api/v1/schedules/{name}": {
+        "parameters": [path_param("name", "the schedule's name")],
+        "get": operation(
+            "showSchedule",
+            "A schedule with its change log (who, when, before and after)",
+            "schedules",
+            responses(
+                {"200": ("the schedule", {"allOf": [ref("Schedule"), listing("changes", ref("ScheduleChange"))]})}, "404"
+            ),
+        ),
+        "patch": operation(
+            "editSchedule",
+            "Change a schedule's function, cron, args, queue or timezone",
+            "schedules",
+            responses({"200": ("the schedule", ref("Schedule"))}, "404", "422", body=True),
+            request_body=json_body(
+                obj(
+                    {
+                        "function": STRING,
+                        "cron": STRING,
+                        "args": nullable({"type": "object"}),
+                        "queue": nullable(STRING),
+                        "timezone": nullable(STRING),
+                    },
+                    required=[],
+                ),
+                "only the fields to change; null puts a field back to its default",
+            ),
+        ),
+        "delete": operation(
+            "deleteSchedule",
+            "Remove an added schedule, or reset one declared in code to its declaration",
+            "schedules",
+            responses({"204": ("done", None)}, "404"),
+        ),
     },
     "/api/v1/schedules/{name}/pause": {
         "parameters": [path_param("name", "the schedule's name")],

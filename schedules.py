@@ -1,13 +1,17 @@
 """litejobs schedules: periodic work, run from one table of crontabs.
 
-The `schedule(name, cron)` lines below say which function runs when
-(crontabs read in settings.TIMEZONE). Every consumer runs the Scheduler
-thread; each tick is claimed once in the database (ScheduleRun), so with
-several consumers a tick still runs once, and a pause (ScheduleState) holds
-for every consumer and survives restarts.
+The `schedule(name, cron)` lines of the apps and functions files say which
+function runs when (crontabs read in settings.TIMEZONE); these are the
+defaults. Schedules added or edited at run time (schedule_edits.py, through
+the API and the dashboard) are rows of StoredSchedule, merged over the
+defaults at every tick. Every consumer runs the Scheduler thread; each tick is
+claimed once in the database (ScheduleRun), so with several consumers a tick
+still runs once, and a pause (ScheduleState) holds for every consumer and
+survives restarts.
 """
 
 import datetime
+import json
 import logging
 import zoneinfo
 
@@ -17,9 +21,10 @@ from huey import crontab
 import hooks
 import jobs
 import runs
+import models
 import settings
 from jobs import FUNCTIONS, Conflict, submit
-from models import Job, ScheduleRun, ScheduleState, isoformat, utcnow  # noqa: F401 - ScheduleRun, ScheduleState: re-exported
+from models import Job, ScheduleChange, ScheduleRun, ScheduleState, StoredSchedule, isoformat, utcnow  # noqa: F401 - re-exported
 
 logger = logging.getLogger("litejobs.schedules")
 
@@ -43,8 +48,14 @@ class Schedule:
     one runs the first time only.
     """
 
-    def __init__(self, name, cron, args=None):
+    def __init__(self, name, cron, args=None, *, function=None, queue=None, timezone=None):
         self.args = args or {}
+        self.function = function or name  # code schedules are named after their function
+        self.queue = queue  # None: the function's own queue
+        self.timezone = timezone  # None: settings.TIMEZONE
+        self.source, self.overridden = "code", False
+        if not cron.isascii():
+            raise ValueError(f"schedule {name}: bad crontab {cron!r}: use ASCII digits, '*', ',', '-' and '/'")
         fields = cron.split()
         if len(fields) != 5:
             raise ValueError(f"schedule {name}: {cron!r} is not a crontab of 5 fields (minute hour day month day-of-week)")
@@ -60,9 +71,17 @@ class Schedule:
         self.name, self.cron = name, cron
         self.hourly = len(self.hours) == 24
 
+    def zone(self):
+        """The schedule's time zone as a tzinfo (settings.TIMEZONE unless it has its own)."""
+        return zoneinfo.ZoneInfo(self.timezone) if self.timezone else zone()
+
+    def definition(self):
+        """What an edit can change, as stored in the change log."""
+        return {"function": self.function, "cron": self.cron, "args": self.args, "queue": self.queue, "timezone": self.timezone}
+
     def runs(self, after, tz=None):
         """Run times strictly after `after` (naive UTC), ascending, as naive UTC; up to 5 years ahead."""
-        tz = tz or zone()
+        tz = tz or self.zone()
         local_after = to_local(after, tz)
         # No DST change moves a wall time by more than 2 hours, so earlier wall times cannot be after `after`.
         floor = local_after - datetime.timedelta(hours=3)
@@ -139,16 +158,64 @@ def _minute(when):
     return when.replace(second=0, microsecond=0)
 
 
+# -- The effective schedules: code defaults merged with the stored rows ----------------
+# Every tick and every listing needs them; the rows are read again only when the
+# change log moved (one small aggregate query), so an edit made in the web process
+# reaches every consumer at its next tick, without a restart.
+_cache = (None, {})  # (key, {name: Schedule}); replaced whole, so threads read it safely
+
+
+def all_schedules():
+    """Every schedule by name, code ones first, their stored overrides applied; added ones after."""
+    global _cache
+    key = (models.db.obj, ScheduleChange.stamp(), tuple(SCHEDULES.values()))
+    if _cache[0] != key:
+        _cache = (key, _merge(StoredSchedule.select().order_by(StoredSchedule.name)))
+    return _cache[1]
+
+
+def _merge(rows):
+    merged = dict(SCHEDULES)
+    for row in rows:
+        default = SCHEDULES.get(row.name)
+        if default is None and not row.added:
+            continue  # an edit of a code schedule no loaded app declares any more
+        base = default.definition() if default is not None else {"args": {}, "queue": None, "timezone": None}
+        stored = stored_fields(row)
+        try:
+            item = Schedule(row.name, **{**base, **stored})
+        except (TypeError, ValueError) as exc:  # a row written by hand, or a time zone gone from tzdata
+            logger.error("schedule %s: stored definition ignored: %s", row.name, exc)
+            continue
+        item.source = "code" if default is not None else "api"
+        item.overridden = default is not None and bool(stored)
+        merged[row.name] = item
+    return merged
+
+
+def stored_fields(row):
+    """The fields a StoredSchedule row sets (its nulls take the defaults)."""
+    fields = {name: getattr(row, name) for name in ("function", "cron", "queue", "timezone")}
+    fields["args"] = json.loads(row.args) if row.args is not None else None
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def active_schedules():
     """The schedules whose function exists, in table order."""
-    return [s for s in SCHEDULES.values() if s.name in FUNCTIONS]
+    return [s for s in all_schedules().values() if s.function in FUNCTIONS]
+
+
+def find_schedule(name):
+    """The schedule called `name`, its function loaded or not; KeyError when there is none."""
+    return all_schedules()[name]
 
 
 def get_schedule(name):
     """The schedule called `name`; KeyError when there is none (or its function is missing)."""
-    if name not in SCHEDULES or name not in FUNCTIONS:
+    item = find_schedule(name)
+    if item.function not in FUNCTIONS:
         raise KeyError(name)
-    return SCHEDULES[name]
+    return item
 
 
 def _in_flight(state):
@@ -171,7 +238,7 @@ def tick(now=None, after=None, tz=None):
     started = []
     for item in active_schedules():
         try:
-            slot = item.last_due(after, now, tz)
+            slot = item.last_due(after, now, tz or item.zone())
             if slot is None:
                 continue
             state = states.get(item.name)
@@ -187,7 +254,7 @@ def tick(now=None, after=None, tz=None):
                 claim.save()
                 logger.warning("schedule %s: tick %s %s", item.name, isoformat(slot), claim.note)
                 continue
-            job, _ = submit(item.name, item.args)
+            job, _ = submit(item.function, item.args, queue=item.queue)
             claim.job_id = job.id
             claim.save()
             ScheduleState.record_run(item.name, job.id, utcnow())
@@ -202,19 +269,21 @@ def tick(now=None, after=None, tz=None):
 
 def run_schedule(name):
     """Start schedule `name` now (paused or not); Conflict while its last job is unfinished."""
-    get_schedule(name)
+    item = get_schedule(name)
     running = _in_flight(ScheduleState.get_or_none(ScheduleState.name == name))
     if running is not None:
         raise Conflict(f"schedule {name}: job {running.id} is still {running.status}; a schedule never overlaps itself")
-    job, _ = submit(name, SCHEDULES[name].args)
+    job, _ = submit(item.function, item.args, queue=item.queue)
     ScheduleState.record_run(name, job.id, utcnow())
     return job
 
 
-def pause_schedule(name, paused=True):
-    """Pause (or resume) schedule `name` for every consumer; returns its dict."""
+def pause_schedule(name, paused=True, who="unknown"):
+    """Pause (or resume) schedule `name` for every consumer, noted in its change log; returns its dict."""
     get_schedule(name)
-    ScheduleState.set_paused(name, paused)
+    with models.db.atomic():
+        ScheduleState.set_paused(name, paused)
+        ScheduleChange.create(schedule=name, action="paused" if paused else "resumed", who=who)
     return schedule_dict(name)
 
 
@@ -232,9 +301,13 @@ def schedule_dicts(now=None):
         result.append(
             {
                 "name": item.name,
+                "function": item.function,
                 "cron": item.cron,
-                "timezone": settings.TIMEZONE,
-                "queue": FUNCTIONS[item.name].queue,
+                "args": item.args,
+                "timezone": item.timezone or settings.TIMEZONE,
+                "queue": item.queue or FUNCTIONS[item.function].queue,
+                "source": item.source,
+                "overridden": item.overridden,
                 "paused": paused,
                 "next_run": None if paused else isoformat(item.next_run(now)),
                 "last_run": isoformat(state.last_run) if state else None,
@@ -246,6 +319,8 @@ def schedule_dicts(now=None):
 
 
 def schedule_dict(name):
+    """Schedule `name` as the API shows it; KeyError when there is none (or its function is missing)."""
+    get_schedule(name)
     return next(s for s in schedule_dicts() if s["name"] == name)
 
 

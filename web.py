@@ -43,6 +43,8 @@ import models
 import openapi
 import preflight
 import reloader
+import schedule_edits
+import schedule_pages
 import schedules
 import schema
 import settings
@@ -274,16 +276,48 @@ def list_schedules():
     return {"schedules": schedules.schedule_dicts()}
 
 
+def _who():
+    return f"API key {current_key().name}"
+
+
+@api("/api/v1/schedules", "POST")
+def add_schedule():
+    """Add a schedule: name, function and cron, with optional args, queue and timezone."""
+    added = schedule_edits.add(read_json(), who=_who())
+    return json_response(201, added, {"Location": f"/api/v1/schedules/{added['name']}"})
+
+
+@api("/api/v1/schedules/<name>")
+def show_schedule(name):
+    """One schedule with its change log, newest first."""
+    shown = _on_schedule(schedules.schedule_dict, name)
+    return dict(shown, changes=schedule_edits.changes(name))
+
+
+@api("/api/v1/schedules/<name>", "PATCH")
+def edit_schedule(name):
+    """Change a schedule's function, cron, args, queue or timezone (null: back to the default)."""
+    body = read_json()
+    return _on_schedule(lambda n: schedule_edits.edit(n, body, who=_who()), name)
+
+
+@api("/api/v1/schedules/<name>", "DELETE")
+def delete_schedule(name):
+    """Remove an added schedule, or reset one declared in code to its declaration."""
+    _on_schedule(lambda n: schedule_edits.delete(n, who=_who()), name)
+    return HTTPResponse(status=204)
+
+
 @api("/api/v1/schedules/<name>/pause", "POST")
 def pause_schedule(name):
     """Pause a schedule for every consumer, until resumed."""
-    return _on_schedule(schedules.pause_schedule, name)
+    return _on_schedule(lambda n: schedules.pause_schedule(n, who=_who()), name)
 
 
 @api("/api/v1/schedules/<name>/resume", "POST")
 def resume_schedule(name):
     """Resume a paused schedule."""
-    return _on_schedule(lambda n: schedules.pause_schedule(n, paused=False), name)
+    return _on_schedule(lambda n: schedules.pause_schedule(n, paused=False, who=_who()), name)
 
 
 @api("/api/v1/schedules/<name>/run", "POST")
@@ -326,8 +360,9 @@ def openapi_document():
     return openapi.document(jobs.loaded_apps(), jobs.public_functions())
 
 
-# The HTML dashboard (dashboard.py): its routes run under this app's hooks.
+# The HTML dashboard (dashboard.py, schedule_pages.py): its routes run under this app's hooks.
 app.merge(dashboard.pages)
+app.merge(schedule_pages.pages)
 
 
 def mount_apps():

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = {
     "settings", "models", "jobs", "hooks", "web", "dashboard", "api", "schedules", "mailer", "media",
     "charts", "limits", "metrics", "openapi", "backup", "litejobs", "schema", "reloader",
+    "schedule_edits", "schedule_pages",
 }
 
 

@@ -1,6 +1,6 @@
 % rebase('layout')
 <h1>Schedules</h1>
-<p class="muted">Periodic tasks. Times are UTC; crontabs are read in {{schedules[0]["timezone"] if schedules else "UTC"}}. A paused schedule stays paused for every consumer and across restarts.</p>
+<p class="muted">Periodic tasks. Times are UTC; each crontab is read in its schedule's time zone. A paused schedule stays paused for every consumer and across restarts. <a href="/schedules/new">Add a schedule</a></p>
 % if error:
 <p class="error" role="alert">{{error}}</p>
 % end
@@ -10,8 +10,8 @@
   <tbody>
   % for s in schedules:
     <tr id="schedule-{{s['name']}}"{{!' class="quiet"' if s["paused"] else ''}}>
-      <td><a href="/jobs?name={{s['name']}}">{{s["name"]}}</a><br><span class="muted">queue {{s["queue"]}}</span></td>
-      <td>{{s["words"] or s["cron"]}}<br><code>{{s["cron"]}}</code></td>
+      <td><a href="/schedules/{{s['name']}}">{{s["name"]}}</a><br><span class="muted">{{s["function"] + " · " if s["function"] != s["name"] else ""}}queue {{s["queue"]}} · {{"added" if s["source"] == "api" else ("edited" if s["overridden"] else "code")}}</span></td>
+      <td>{{s["words"] or s["cron"]}}<br><code>{{s["cron"]}}</code> <span class="muted">{{s["timezone"]}}</span></td>
       <td><span class="status {{'status-paused' if s['paused'] else 'status-succeeded'}}">{{"paused" if s["paused"] else "active"}}</span></td>
       <td class="nowrap" title="{{stamp(s['next_run'])}}">{{ago(s["next_run"]) if s["next_run"] else "—"}}</td>
       <td class="nowrap" title="{{stamp(s['last_run'])}}">{{ago(s["last_run"]) if s["last_run"] else "never"}}</td>
