@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_URL, Client, free_port, service_or_skip, wait_until
+from helpers import POSTGRES_URL, Client, free_port, service_or_skip, wait_until
 
 import courses
 import demo

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Client, free_port, wait_until
+from helpers import Client, free_port, wait_until
 
 import cpu_tasks  # noqa: F401 - registers spin in this process too
 import jobs
