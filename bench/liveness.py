@@ -3,7 +3,7 @@
     .venv/bin/python bench/liveness.py [--jobs 20000] [--seconds 5] [--probes 300]
 
 `web.py run` runs its jobs in a consumer process of its own (supervisor.py),
-so four jobs of pure-Python work (tests/cpu_tasks.py's `spin`) must not
+so four jobs of pure-Python work (tests/cpu_tasks.py's `burn_cpu`) must not
 slow the web process's answers: /health/live p99 under 20 ms while they run. Then it drains `--jobs` echo jobs and reads the resident
 memory of the web process and its consumer: together under 120 MB. Prints one
 JSON line; exits 1 when a target is missed. Linux only (/proc).
@@ -53,7 +53,7 @@ def main():
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "child_tasks"), str(ROOT / "tests"), str(ROOT)])
     # This process enqueues straight into the same files, as the CLI does.
     os.environ.update({k: env[k] for k in ("DATA_DIR", "DATABASE_URL", "QUEUE_URL", "LOG_LEVEL")})
-    import cpu_tasks  # noqa: F401 - registers spin here too
+    import cpu_tasks  # noqa: F401 - registers burn_cpu here too
     import jobs
     from models import Job, Worker, create_tables
 
@@ -63,7 +63,7 @@ def main():
         wait_until(lambda: Worker.alive().count() == 1, timeout=60, message="the consumer's heartbeat")
         consumer_pid = children(web.pid)[0]
 
-        ids = [jobs.submit("spin", {"seconds": args.seconds})[0].id for _ in range(4)]
+        ids = [jobs.submit("burn_cpu", {"seconds": args.seconds})[0].id for _ in range(4)]
         running = Job.select().where(Job.id.in_(ids), Job.status == "running")
         wait_until(lambda: running.count() == 4, timeout=30, message="4 CPU-bound jobs running")
         times = []

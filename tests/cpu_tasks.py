@@ -6,7 +6,7 @@ from jobs import task
 
 
 @task(public=True)
-def spin(seconds: float) -> int:
+def burn_cpu(seconds: float) -> int:
     """Pure-Python work for `seconds` (no sleep, no I/O); returns the loop count."""
     deadline = time.monotonic() + seconds
     count = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import Client, free_port, wait_until
 
-import cpu_tasks  # noqa: F401 - registers spin in this process too
+import cpu_tasks  # noqa: F401 - registers burn_cpu in this process too
 import jobs
 import settings
 from models import ApiKey, Job, Worker
@@ -121,7 +121,7 @@ def test_health_live_stays_fast_beside_four_cpu_bound_jobs(tmp_path):
     web = WebRun(tmp_path, WORKERS="4", LOG_LEVEL="WARNING")
     try:
         wait_until(alive_consumer, timeout=30, message="the consumer's heartbeat")
-        ids = [jobs.submit("spin", {"seconds": 3})[0].id for _ in range(4)]
+        ids = [jobs.submit("burn_cpu", {"seconds": 3})[0].id for _ in range(4)]
         wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.status == "running").count() == 4, timeout=20)
         times = []
         for _ in range(100):
