@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import POSTGRES_URL, Client, free_port, service_or_skip, wait_until
 
-import courses
-import demo
+from apps import demo
+from apps.courses.models import Certificate
 import jobs
 import settings
 from models import TERMINAL, Job
@@ -57,7 +57,7 @@ def test_make_run_defaults_finish_the_demo_data_and_twenty_certificates(tmp_path
         )
     try:
         filled = subprocess.run(
-            [sys.executable, "web.py", "demo-data", "--users", "200", "--posts", "1000", "--seed", "7"],
+            [sys.executable, "-m", "apps.demo", "--users", "200", "--posts", "1000", "--seed", "7"],
             cwd=ROOT,
             env=environ,
             capture_output=True,
@@ -173,7 +173,7 @@ def test_greenlet_consumer_from_gevent_monkey_runs_certificates_and_stops_on_sig
         consumer = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(
-            lambda: courses.Certificate.select().count() == 20, timeout=120, interval=0.5, message="20 certificates"
+            lambda: Certificate.select().count() == 20, timeout=120, interval=0.5, message="20 certificates"
         )
         wait_until(
             lambda: Job.select().where(Job.status.not_in(TERMINAL)).count() == 0, timeout=60, message="all ended"
