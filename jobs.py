@@ -1238,7 +1238,7 @@ def load_apps(names=None, functions_dir=None):
     for name in names:
         if name in settings.BUILTIN_APPS:
             if not (settings.BASE_DIR / "apps" / name / "__init__.py").exists():
-                logger.info("app %s: not installed here; skipped", name)
+                logger.debug("app %s: not installed here; skipped", name)
                 continue
             module_name = f"apps.{name}"
         else:

@@ -4,11 +4,14 @@ A parent process runs `web.py run` as its child and polls the modification
 times of the apps' and FUNCTIONS_DIR's Python files. On a change it closes the
 child's stdin, which the child takes as "stop": the same graceful stop as
 Ctrl-C, so running jobs finish first; then it starts a new child. Polling and
-a closed pipe work the same on Linux, macOS and Windows: no fork, no signals.
+a closed pipe work the same on Linux, macOS and Windows: no fork, and only
+SIGINT (Ctrl-C), which Windows has too.
 """
 
 import logging
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -53,19 +56,23 @@ def run(command, folders, timeout, interval=0.5, cwd=None, rounds=None):
 
     `rounds` (for tests) ends after that many runs of the child.
     """
+    # Ctrl-C reaches the child too, which stops itself; here it only ends the loop.
+    # A flag rather than KeyboardInterrupt: under gevent (web.py patches first) the
+    # interrupt may land in the hub and surface later, outside any handler.
+    interrupted = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     started = 0
     while rounds is None or started < rounds:
         before = snapshot(folders)
         child = subprocess.Popen(command, stdin=subprocess.PIPE, cwd=cwd)
         started += 1
-        try:
-            while True:
-                time.sleep(interval)
-                changed = changes(before, snapshot(folders))
-                if changed:
-                    logger.info("changed: %s; restarting once running jobs finish", ", ".join(changed[:5]))
-                    break
-        except KeyboardInterrupt:
-            return stop(child, timeout)  # Ctrl-C reached the child too: it is stopping already
-        stop(child, timeout)
+        while not interrupted.is_set():
+            time.sleep(interval)
+            changed = changes(before, snapshot(folders))
+            if changed:
+                logger.info("changed: %s; restarting once running jobs finish", ", ".join(changed[:5]))
+                break
+        code = stop(child, timeout)
+        if interrupted.is_set():
+            return code
     return 0

@@ -16,9 +16,12 @@ if __name__ == "__main__":
     # subprocess stays the standard library's: supervisor.py runs the consumer
     # with it and does the blocking waits in gevent's thread pool, alike on
     # Linux and Windows (gevent's Popen waits with a child watcher, POSIX only).
-    from gevent import monkey
+    # `run --reload` is only a parent that polls files and restarts its child (which
+    # patches itself): left unpatched, its Ctrl-C and waits are plain Python's.
+    if not (sys.argv[1:2] == ["run"] and "--reload" in sys.argv):
+        from gevent import monkey
 
-    monkey.patch_all(subprocess=False)
+        monkey.patch_all(subprocess=False)
 
 import argparse
 import hmac

@@ -2,7 +2,6 @@
 settings, huey_consumer with each worker kind, and every entry point meeting a
 database it cannot use."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,12 +11,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import POSTGRES_URL, Client, free_port, service_or_skip, wait_until
+from helpers import base_env, POSTGRES_URL, Client, free_port, service_or_skip, wait_until
 
 from apps import demo
 from apps.courses.models import Certificate
 import jobs
-import settings
 from models import TERMINAL, Job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def user_environ(tmp_path, **env):
     """The environment of a user who set nothing but these (and a scratch DATA_DIR)."""
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = base_env()
     environ.update(DATA_DIR=str(tmp_path), **env)
     return environ
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Client, free_port, wait_until
+from helpers import base_env, Client, free_port, wait_until
 
 import cpu_tasks  # noqa: F401 - registers burn_cpu in this process too
 import jobs
@@ -28,7 +28,7 @@ class WebRun:
 
     def __init__(self, tmp_path, *args, **env):
         self.port = free_port()
-        environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+        environ = base_env()
         environ.update(
             DATA_DIR=str(tmp_path),
             DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
