@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import settings
 from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,10 +69,10 @@ def test_every_shell_block_of_getting_started_runs(tmp_path):
     project = tmp_path / "litejobs"
     fresh_copy(project)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LITEJOBS_", "PYTEST"))}
-    env.update(PORT=str(port), HOST="127.0.0.1", PYTHON=sys.executable)
-    for name in ("DATA_DIR", "DATABASE_URL", "QUEUE_URL", "LOG_LEVEL", "RUN_SCHEDULES", "ENV", "SECRET_KEY"):
-        env.pop(name, None)
+    # A newcomer's shell: no litejobs setting of this test run (its DATA_DIR, queue name,
+    # functions folder) leaks in; only the port differs from the page.
+    env = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS and not k.startswith(("LITEJOBS_", "PYTEST"))}
+    env.update(PORT=str(port), PYTHON=sys.executable)
     blocks = [b.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for b in shell_blocks(PAGE.read_text())]
     server = subprocess.Popen(
         ["make", "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
