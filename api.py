@@ -18,6 +18,7 @@ from bottle import HTTPResponse, request, response
 from peewee import PeeweeException
 
 import jobs
+import runs
 import limits
 import models
 import settings
@@ -118,6 +119,8 @@ def _decorator(app, path, method, public):
                 return json_response(507, error_body("insufficient_storage", str(exc)))
             except (jobs.Unavailable, PeeweeException) as exc:
                 logger.warning("request %s: unavailable: %s", request_id(), exc)
+                if runs.is_connection_error(exc.__cause__ or exc):
+                    runs.reset_connection()  # a cut connection: the next request opens a new one
                 return json_response(503, error_body("unavailable", str(exc)))
             status, body = result if isinstance(result, tuple) else (200, result)
             if isinstance(body, HTTPResponse):

@@ -50,7 +50,13 @@ def reset_connection():
     """
     database = db.obj
     try:
-        database.close()
+        if hasattr(database, "manual_close"):
+            # A pool would hand this connection out again: close it for good, and the
+            # idle ones too, which the same server restart or cut most likely killed.
+            database.manual_close()
+            database.close_idle()
+        else:
+            database.close()
     except Exception:  # inside a transaction, or the close itself failed: forget the connection
         database._state.reset()
 

@@ -20,6 +20,7 @@ from helpers import RunningConsumer, assert_error, free_port, wait_until, base_e
 import fault_tasks  # noqa: F401 - registers record_run in this process too
 import jobs
 import models
+import runs
 import settings
 from models import Job
 
@@ -281,7 +282,7 @@ def test_postgresql_cutting_and_refusing_every_connection(tmp_path, own_postgres
         assert own_postgres.cut_every_connection() >= 2
         time.sleep(1.5)  # nothing can connect meanwhile
         own_postgres.allow_connections(True)
-        models.db.close()  # this test's own connection was cut too
+        runs.reset_connection()  # this test's own connection was cut too: dropped, as a request's error drops it
         later = [jobs.submit("probe", {"n": n, "seconds": 0.05})[0].id for n in range(24, 34)]
         wait_until(lambda: statuses(ids + later)["succeeded"] == 34, timeout=45, message="every job succeeded")
         time.sleep(0.5)
