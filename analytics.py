@@ -335,7 +335,7 @@ def delete_quiet_posts(before, limit):
 
 # -- Numbers computed from the posts ----------------------------------------------
 class UserStats(BaseModel):
-    """Per-user numbers, written by update_user_statistics."""
+    """Per-user numbers, written by update_post_statistics."""
 
     user = ForeignKeyField(User, primary_key=True, backref="stats", on_delete="CASCADE")
     posts = IntegerField(default=0)
@@ -551,8 +551,11 @@ class DigestWeek(BaseModel):
 
 # -- Analytics jobs ---------------------------------------------------------------
 @task(queue="analytics", public=True, **PERIODIC_RETRY)
-def update_user_statistics():
-    """Recount per user: posts, likes, comments and shares received, last active."""
+def update_post_statistics():
+    """Recount per user: posts, likes, comments and shares received, last active.
+
+    Runs on the `update_user_statistics` schedule; the function of that name is
+    the knowledge app's (one search user's statistics, after each query)."""
     return {"users": UserStats.refresh(utcnow(), report=progress)}
 
 

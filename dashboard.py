@@ -105,8 +105,10 @@ def _safe_next(target):
     return "/"
 
 
-def page(path, method="GET"):
-    """Route a dashboard page: a session is required, and POSTs need their CSRF token."""
+def page(path, method="GET", app=None):
+    """Route a dashboard page: a session is required, and POSTs need their CSRF token.
+
+    The route goes on `pages`, or on `app` (an app's own pages)."""
 
     def decorator(handler):
         @functools.wraps(handler)
@@ -124,7 +126,7 @@ def page(path, method="GET"):
                 message = f"The database or the queue is not answering ({exc}). Try again in a moment."
                 raise error_page(503, message) from None
 
-        pages.route(path, method, wrapper)
+        (app or pages).route(path, method, wrapper)
         return handler
 
     return decorator

@@ -901,3 +901,4 @@ import mailer  # noqa: E402
 import orders  # noqa: E402, F401
 import schedules  # noqa: E402
 import webhooks  # noqa: E402
+import apps.knowledge  # noqa: E402, F401 - until apps are declared (issue 14)

@@ -24,6 +24,7 @@ from bottle import BaseRequest, Bottle, HTTPResponse, MultipartError, request, r
 from peewee import IntegrityError, PeeweeException
 
 import analytics
+import apps.knowledge
 import courses
 import dashboard
 import jobs
@@ -897,6 +898,9 @@ def openapi_document():
 # The HTML dashboard (dashboard.py): its routes run under this app's hooks.
 app.merge(dashboard.pages)
 
+# The knowledge app's API, page and sandbox, until apps are declared (issue 14).
+apps.knowledge.install(sys.modules[__name__])
+
 
 # -- Command line ----------------------------------------------------------------
 def setup_logging():
@@ -1030,6 +1034,10 @@ def main(argv=None):
         counts.update(course_counts)
         for enrollment_id in finished:  # their certificates are made once a consumer runs
             jobs.enqueue("recalculate_course_progress", enrollment_id=enrollment_id)
+        # The sandbox ingest's documents; the full sync moves them into the store once a consumer runs.
+        counts["knowledge chunks"] = apps.knowledge.ingest.fill_sandbox(200, seed=args.seed or 0)
+        if apps.knowledge.sync.waiting_full_sync() is None:
+            jobs.enqueue("trigger_full_sync_task")
         print(", ".join(f"{n} {what}" for what, n in counts.items()))
     elif args.command == "backup":
         import backup

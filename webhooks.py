@@ -480,6 +480,20 @@ def deliver_webhook(delivery_id: int):
     Each run makes one attempt. The next waits WEBHOOK_RETRY_BASE seconds,
     doubling each time, until WEBHOOK_MAX_ATTEMPTS; a 4xx is final.
     """
+    return deliver(delivery_id)
+
+
+def deliver(delivery_id, allow_private=None, max_attempts=None):
+    """One attempt at a pending delivery (the body of deliver_webhook, and of
+    other apps' senders that keep their log in WebhookDelivery): RetryTask for
+    the next attempt, JobError when it failed for good.
+
+    `allow_private` and `max_attempts` default to WEBHOOK_ALLOW_PRIVATE and
+    WEBHOOK_MAX_ATTEMPTS; a sender to an address the operator configured
+    (not a subscriber's) passes allow_private=True.
+    """
+    allow_private = settings.WEBHOOK_ALLOW_PRIVATE if allow_private is None else allow_private
+    max_attempts = max_attempts or settings.WEBHOOK_MAX_ATTEMPTS
     delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
     if delivery is None or delivery.status != "pending":
         # A second run of a finished delivery (at-least-once): nothing to send.
@@ -494,10 +508,10 @@ def deliver_webhook(delivery_id: int):
         delivery.payload.encode("utf-8"),
         delivery.event,
         timeout=settings.WEBHOOK_TIMEOUT,
-        allow_private=settings.WEBHOOK_ALLOW_PRIVATE,
+        allow_private=allow_private,
     )
     attempts = delivery.attempts + 1
-    again = outcome.retry and attempts < settings.WEBHOOK_MAX_ATTEMPTS
+    again = outcome.retry and attempts < max_attempts
     delay = retry_delay(attempts, settings.WEBHOOK_RETRY_BASE) if again else None
     status = "pending" if again else "succeeded" if outcome.ok else "failed"
     next_at = utcnow() + datetime.timedelta(seconds=delay) if again else None

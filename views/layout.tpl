@@ -12,7 +12,7 @@
   <a class="brand" href="/">litejobs</a>
   % if user:
   <nav>
-    % for href, label in (("/", "Overview"), ("/jobs", "Jobs"), ("/run", "Run"), ("/schedules", "Schedules"), ("/workers", "Workers"), ("/orders", "Orders"), ("/webhooks", "Webhooks"), ("/courses", "Courses"), ("/analytics", "Analytics")):
+    % for href, label in (("/", "Overview"), ("/jobs", "Jobs"), ("/run", "Run"), ("/schedules", "Schedules"), ("/workers", "Workers"), ("/orders", "Orders"), ("/webhooks", "Webhooks"), ("/courses", "Courses"), ("/analytics", "Analytics"), ("/knowledge", "Knowledge")):
     % active = path == href or (href != "/" and path.startswith(href + "/")) or (href != "/" and path == href)
     <a href="{{href}}"{{!' class="active" aria-current="page"' if active else ''}}>{{label}}</a>
     % end

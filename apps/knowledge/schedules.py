@@ -1,0 +1,8 @@
+"""The knowledge app's schedules: crontabs read in TIMEZONE, like every schedule."""
+
+SCHEDULES = [
+    ("process_sync_queue", "*/5 * * * *"),
+    ("cleanup_query_cache", "0 2 * * *"),
+    ("cleanup_old_conversations", "0 3 * * 0"),  # Sundays
+    ("reset_all_daily_limits", "0 0 * * *"),
+]
