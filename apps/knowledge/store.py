@@ -322,7 +322,9 @@ def open_store():
             client = QdrantClient(
                 url=settings.QDRANT_URL,
                 api_key=settings.QDRANT_API_KEY or None,
-                timeout=int(settings.KNOWLEDGE_TIMEOUT),
+                timeout=max(1, round(settings.KNOWLEDGE_TIMEOUT)),
+                # Its version check runs in a thread that raises there when the server is down at start.
+                check_compatibility=False,
             )
             _stores[key] = QdrantStore(client, settings.QDRANT_COLLECTION)
         else:

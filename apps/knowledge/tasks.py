@@ -12,7 +12,7 @@ import webhooks
 from jobs import JobError, current_job_id, fail_now, progress, submit, task
 from models import utcnow
 
-from . import notify, sync
+from . import ingest, notify, sync
 from .models import (
     Conversation,
     KnowledgeUser,
@@ -34,6 +34,11 @@ FULL_SYNC_TIME_LIMIT = 3600
 NOTIFY_RETRIES = 3
 
 
+def _refused(exc):
+    """Fail the running job at once: the ingest service refused the call (a 4xx), a retry cannot help."""
+    fail_now(f"the ingest service refused: {exc.message} (HTTP {exc.status})")
+
+
 def _submit(name, args):
     job, _ = submit(name, args, checked=True)
     return job.id
@@ -44,7 +49,10 @@ def _submit(name, args):
 def sync_embeddings_task(batch_size: int = 100, since: str | None = None):
     """Bring the vector store up to date with the ingest's changes, `batch_size` chunks a batch,
     from the stored cursor or, given `since` (an ingest cursor), from there without moving it."""
-    return sync.sync_changes(current_job_id(), batch_size, since, report=progress)
+    try:
+        return sync.sync_changes(current_job_id(), batch_size, since, report=progress)
+    except ingest.PermanentError as exc:
+        _refused(exc)
 
 
 @task(queue="sync", public=True)
@@ -66,7 +74,10 @@ def trigger_full_sync_task():
 
     One at a time across all consumers; reports progress, can be canceled, stops after an hour.
     """
-    return sync.full_sync(current_job_id(), report=progress)
+    try:
+        return sync.full_sync(current_job_id(), report=progress)
+    except ingest.PermanentError as exc:
+        _refused(exc)
 
 
 @task(queue="sync", public=True, retries=3, retry_delay=10)
