@@ -54,7 +54,9 @@ def store_chunks(vectors):
 
 def finished(job_id, timeout=30):
     return wait_until(
-        lambda: (lambda j: j if j.is_terminal else None)(Job.get_by_id(job_id)), timeout=timeout, message=f"job {job_id}"
+        lambda: (lambda j: j if j.is_terminal else None)(Job.get_by_id(job_id)),
+        timeout=timeout,
+        message=f"job {job_id}",
     )
 
 
@@ -84,7 +86,9 @@ def test_sync_into_the_store_then_search_finds_passages(client, knowledge):
         assert len(passages) == 5 and answer.json["cached"] is False
         assert [p["score"] for p in passages] == sorted((p["score"] for p in passages), reverse=True)
         best = passages[0]
-        assert best["document_id"] in ingest_chunks()[best["chunk_id"]] or best["chunk_id"].startswith(best["document_id"])
+        assert best["document_id"] in ingest_chunks()[best["chunk_id"]] or best["chunk_id"].startswith(
+            best["document_id"]
+        )
         assert {"reset", "password", "link"} & set(best["text"].lower().replace(".", " ").replace(",", " ").split())
 
         again = client.post(
@@ -100,7 +104,9 @@ def test_sync_into_the_store_then_search_finds_passages(client, knowledge):
         received = {r.data["message_id"]: r.data for r in SandboxReceipt.select()}
         assert received[answer.json["message_id"]]["query"] == "Reset my password link"
         assert received[answer.json["message_id"]]["sources"][0]["document_id"] == best["document_id"]
-        wait_until(lambda: all(j.is_terminal for j in jobs_named("calculate_user_tier")) and jobs_named("calculate_user_tier"))
+        wait_until(
+            lambda: all(j.is_terminal for j in jobs_named("calculate_user_tier")) and jobs_named("calculate_user_tier")
+        )
         assert {j.status for j in jobs_named("update_user_statistics")} == {"succeeded"}
         limits = client.get("/api/v1/knowledge/users/ann/limits").json
         assert limits["used"] == 2 and limits["tier"] == "free" and limits["statistics"]["total_queries"] == 2
@@ -113,11 +119,16 @@ def test_ingest_webhook_queues_changes_that_the_sync_queue_applies(client, anony
     sync.full_sync("setup")
     sandbox = Client(client.base_url)
     text = "Webhook retries wait longer each time.\n\nA signature header proves the sender."
-    put = sandbox.post("/sandbox/ingest/v1/documents", {"id": "new-doc", "title": "Retries", "text": text}, headers=TOKEN)
+    put = sandbox.post(
+        "/sandbox/ingest/v1/documents", {"id": "new-doc", "title": "Retries", "text": text}, headers=TOKEN
+    )
     assert put.status == 201 and put.json["webhook"] == "sent"
     gone = sandbox.delete("/sandbox/ingest/v1/documents/doc-000002", headers=TOKEN)
     assert gone.status == 200 and gone.json["webhook"] == "sent"
-    assert [(i.document_id, i.action) for i in SyncQueueItem.waiting()] == [("new-doc", "upsert"), ("doc-000002", "delete")]
+    assert [(i.document_id, i.action) for i in SyncQueueItem.waiting()] == [
+        ("new-doc", "upsert"),
+        ("doc-000002", "delete"),
+    ]
 
     consumer = RunningConsumer(workers=2)
     try:
@@ -129,7 +140,9 @@ def test_ingest_webhook_queues_changes_that_the_sync_queue_applies(client, anony
         consumer.stop()
     assert SyncQueueItem.waiting().count() == 0
     assert store_chunks(knowledge) == ingest_chunks()
-    assert "new-doc:0" in store_chunks(knowledge) and not any(i.startswith("doc-000002") for i in store_chunks(knowledge))
+    assert "new-doc:0" in store_chunks(knowledge) and not any(
+        i.startswith("doc-000002") for i in store_chunks(knowledge)
+    )
     assert tasks.process_sync_queue.call_local()["documents"] == 0
 
 
@@ -143,7 +156,9 @@ def test_ingest_webhook_needs_a_valid_signature(anonymous):
     assert anonymous.post("/api/v1/knowledge/webhook", body=body, headers=signed).status == 202
     bad = json.dumps({"event": "document.renamed", "document_id": "d1"}).encode()
     signed = {**headers, "Litejobs-Signature": webhooks.sign(ingest.webhook_secret(), bad)}
-    assert_error(anonymous.post("/api/v1/knowledge/webhook", body=bad, headers=signed), 422, "invalid_argument", "event")
+    assert_error(
+        anonymous.post("/api/v1/knowledge/webhook", body=bad, headers=signed), 422, "invalid_argument", "event"
+    )
     assert [i.document_id for i in SyncQueueItem.waiting()] == ["d1"]
 
 
@@ -314,7 +329,9 @@ def test_the_51st_query_of_a_free_user_is_refused_until_midnight_in_timezone(mon
     midnight = datetime.datetime(2026, 12, 8, 5, 0)  # 00:00 in New York
     assert refused.value.reset_at == midnight
     with pytest.raises(search.LimitReached):
-        search.search({"user_id": "free-user", "query": "invoice"}, noop_submit, now=midnight - datetime.timedelta(seconds=1))
+        search.search(
+            {"user_id": "free-user", "query": "invoice"}, noop_submit, now=midnight - datetime.timedelta(seconds=1)
+        )
     assert search.search({"user_id": "free-user", "query": "invoice"}, noop_submit, now=midnight)["passages"] == []
     limits = KnowledgeUser.get_by_id("free-user").limits_dict(midnight)
     assert limits["used"] == 1 and limits["limit"] == 50 and limits["resets_at"] == "2026-12-09T05:00:00.000Z"
@@ -328,7 +345,9 @@ def test_over_the_limit_the_api_answers_429_with_retry_after(client):
     error = assert_error(reply, 429, "rate_limited")
     wait = int(reply.headers["Retry-After"])
     now = utcnow()
-    until_midnight = (datetime.datetime.combine(now.date() + datetime.timedelta(days=1), datetime.time()) - now).total_seconds()
+    until_midnight = (
+        datetime.datetime.combine(now.date() + datetime.timedelta(days=1), datetime.time()) - now
+    ).total_seconds()
     assert abs(wait - until_midnight) <= 2 and "50 queries" in error["message"]
     assert client.get("/api/v1/knowledge/users/busy/limits").json["remaining"] == 0
     # reset_user_daily_limit and reset_all_daily_limits give the queries back.
@@ -383,7 +402,9 @@ def test_cleanup_jobs_remove_old_cache_and_archive_old_conversations():
     busy = Conversation.create(user_id="u", updated_at=now - datetime.timedelta(days=89))
     Message.create(conversation=quiet, user_id="u", query="q", passages="[]")
     assert tasks.cleanup_old_conversations.call_local() == {"archived": 1}
-    assert Conversation.get_by_id(quiet.id).archived_at is not None and Conversation.get_by_id(busy.id).archived_at is None
+    assert (
+        Conversation.get_by_id(quiet.id).archived_at is not None and Conversation.get_by_id(busy.id).archived_at is None
+    )
     assert Message.select().count() == 1  # archived, not deleted
     assert tasks.cleanup_old_conversations.call_local() == {"archived": 0}
     assert tasks.cleanup_old_conversations.call_local(days=1) == {"archived": 1}
@@ -508,7 +529,9 @@ def test_embedded_store_is_shared_by_processes(tmp_path):
         "s.upsert([{'id': 'x:0', 'document_id': 'x', 'text': 'reset password', 'vector': h('reset password')}])"
     )
     environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**environ, "DATA_DIR": str(tmp_path)}, check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**environ, "DATA_DIR": str(tmp_path)}, check=True, timeout=60
+    )
     assert vectors.search(point("q", "password")["vector"])[0][0] == "x:0"  # this process sees the other's write
 
 

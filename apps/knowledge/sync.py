@@ -168,7 +168,12 @@ def take_queue(submit, now=utcnow):
     deletes = sorted(d for d, action in last_action.items() if action == "delete")
     for document_id in deletes:
         submit("delete_document_embeddings_task", {"document_id": document_id})
-    job_id = submit("sync_embeddings_task", {})
+    waiting = (
+        Job.select(Job.id)
+        .where((Job.name == "sync_embeddings_task") & Job.status.in_(WAITING) & (Job.args == "{}"))
+        .first()
+    )
+    job_id = waiting.id if waiting is not None else submit("sync_embeddings_task", {})
     SyncQueueItem.hand_over([item.id for item in items], job_id, now())
     return {
         "documents": len(last_action),
