@@ -268,40 +268,69 @@ def notify_change(event, document_id):
 
 # -- Demo documents ---------------------------------------------------------------------
 TOPICS = {
-    "password": "reset password account login email link expire security sign",
-    "invoice": "invoice billing payment refund card charge receipt month plan",
-    "export": "export data csv download report spreadsheet columns archive",
-    "webhook": "webhook event signature retry delivery endpoint secret receiver",
-    "schedule": "schedule cron daily weekly timezone pause run job tick",
-    "upload": "upload image file size photo format resize thumbnail media",
-    "team": "team member invite role admin permission owner workspace seat",
-    "api": "api key token request limit rate error status header",
+    "password": (
+        "To reset your password, open the login page and choose Forgot password.",
+        "The reset link in the email expires after one hour; ask for a new one if it has expired.",
+        "A new password needs at least twelve characters and must differ from the last three.",
+        "After five wrong passwords the account is locked for fifteen minutes.",
+        "Two-factor sign in asks for a code from your authenticator app after the password.",
+        "Admins can send a password reset email to any member from the team page.",
+    ),
+    "billing": (
+        "Invoices are emailed on the first day of each month and kept under Billing.",
+        "A refund goes back to the card that paid, within five to ten working days.",
+        "Changing plans mid-month charges or credits the difference on the next invoice.",
+        "A failed card payment is retried three times before the workspace is paused.",
+        "Add a VAT number under Billing to show it on every future invoice.",
+        "Download old invoices as PDF from the billing history.",
+    ),
+    "export": (
+        "Export any report as CSV from the Download menu at the top of the page.",
+        "Large exports are prepared in the background and sent as a link by email.",
+        "The CSV export uses commas and UTF-8; open it with the import wizard for other encodings.",
+        "Choose the columns of an export before you download it.",
+        "A full data export of the workspace is an archive of CSV files, one per table.",
+    ),
+    "webhooks": (
+        "A webhook sends a signed POST to your endpoint for each event it subscribed to.",
+        "Check the signature header with your webhook secret before you trust a delivery.",
+        "Failed deliveries are retried with growing delays for up to a day.",
+        "The delivery log of each webhook shows the status code and the time of every attempt.",
+        "Rotate a webhook secret by creating a new webhook and deleting the old one.",
+    ),
+    "schedules": (
+        "A schedule runs a job on a cron expression read in the workspace time zone.",
+        "Pause a schedule to skip its runs until you resume it.",
+        "Run now starts a scheduled job at once without changing its next run.",
+        "A schedule never overlaps itself: a run is skipped while the last one is unfinished.",
+        "Daily schedules follow the wall clock across daylight saving changes.",
+    ),
+    "uploads": (
+        "Images up to ten megabytes can be uploaded in JPEG, PNG or WebP format.",
+        "Each uploaded photo is resized into thumbnails in the background.",
+        "An upload that is not a valid image is refused with a message saying why.",
+        "Uploaded files are kept until the post they belong to is deleted.",
+    ),
+    "team": (
+        "Invite a team member by email from the team page; the invitation is valid for a week.",
+        "Owners and admins can change a member's role at any time.",
+        "Removing a member keeps their posts but ends their access at once.",
+        "Each seat on the plan allows one active member in the workspace.",
+    ),
+    "api": (
+        "Create an API key on the settings page and send it as a Bearer token.",
+        "The API allows sixty requests a minute per key; over that it answers 429 with Retry-After.",
+        "Revoked API keys stop working within a few seconds.",
+        "Every API error has a code, a message and, for bad input, the field at fault.",
+    ),
 }
-SENTENCES = (
-    "To {a} your {b}, open the settings page and choose {c}.",
-    "If the {a} does not {b}, check the {c} and try again later.",
-    "Every {a} keeps its {b} for thirty days before the {c} is removed.",
-    "Admins can change the {a} of any {b} from the {c} screen.",
-    "The {a} is sent by email together with the {b} and a {c}.",
-    "A failed {a} is retried, and the {b} shows the last {c}.",
-)
 
 
 def demo_document(number, rng):
     """(id, title, chunk texts) of demo document `number`: a few paragraphs on one topic."""
     topic = list(TOPICS)[number % len(TOPICS)]
-    vocabulary = TOPICS[topic].split()
-    paragraphs = []
-    for _ in range(rng.randint(2, 5)):
-        sentences = [
-            rng.choice(SENTENCES).format(
-                a=rng.choice(vocabulary),
-                b=rng.choice(vocabulary),
-                c=rng.choice(vocabulary),
-            )
-            for _ in range(rng.randint(3, 5))
-        ]
-        paragraphs.append(" ".join(sentences))
+    sentences = TOPICS[topic]
+    paragraphs = [" ".join(rng.sample(sentences, rng.randint(2, 4))) for _ in range(rng.randint(2, 5))]
     return f"doc-{number:06d}", f"{topic.capitalize()} help, part {number}", paragraphs
 
 
