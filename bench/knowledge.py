@@ -16,7 +16,6 @@ import argparse
 import json
 import random
 import subprocess
-import sys
 import time
 
 import common

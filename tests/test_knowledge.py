@@ -53,11 +53,13 @@ def store_chunks(vectors):
 
 
 def finished(job_id, timeout=30):
-    return wait_until(
-        lambda: (lambda j: j if j.is_terminal else None)(Job.get_by_id(job_id)),
-        timeout=timeout,
-        message=f"job {job_id}",
-    )
+    """The job once it reached a terminal status."""
+
+    def terminal():
+        job = Job.get_by_id(job_id)
+        return job if job.is_terminal else None
+
+    return wait_until(terminal, timeout=timeout, message=f"job {job_id}")
 
 
 def jobs_named(name):
@@ -510,7 +512,7 @@ def test_store_contract(any_store):
     any_store.upsert(points)  # twice: still three
     assert any_store.count() == (3, 2) and sorted(any_store.ids()) == ["a:0", "a:1", "b:0"]
     found = any_store.search(point("q", "forgot password login")["vector"], limit=2)
-    assert [hit[0] for hit in found][0] == "a:0" and found[0][1] == "a" and found[0][3] > found[1][3]
+    assert found[0][0] == "a:0" and found[0][1] == "a" and found[0][3] > found[1][3]
     any_store.upsert([point("a:0", "webhook retries and signatures")])
     assert any_store.search(point("q", "webhook signatures")["vector"], limit=3)[0][0] in ("a:0", "b:0")
     any_store.delete(["b:0", "unknown"])

@@ -26,6 +26,7 @@ matrix, reloaded when another process changed the file: 100,000 chunks of
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -62,6 +63,7 @@ class SqliteStore:
         self.path = str(path)
         self._lock = threading.Lock()
         self._cache = (None, [], [], None)  # (version, ids, document ids, matrix)
+        self._reader = (None, None)  # (pid, connection) for searches
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             for statement in self.SCHEMA:
@@ -76,6 +78,21 @@ class SqliteStore:
             yield conn
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def _read(self):
+        """This process's search connection, one caller at a time.
+
+        Kept open: opening and closing one per search cost more than the search
+        (closing the last connection to a WAL file checkpoints it). A forked
+        child opens its own.
+        """
+        with self._lock:
+            pid, conn = self._reader
+            if pid != os.getpid():
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                self._reader = (os.getpid(), conn)
+            yield conn
 
     @contextlib.contextmanager
     def _write(self):
@@ -145,28 +162,28 @@ class SqliteStore:
         best = numpy.argpartition(-scores, limit - 1)[:limit]
         best = best[numpy.argsort(-scores[best])]
         chosen = [ids[i] for i in best]
-        with self._connect() as conn:
+        with self._read() as conn:
             marks = ",".join("?" * len(chosen))
             texts = dict(conn.execute(f"SELECT id, text FROM point WHERE id IN ({marks})", chosen))
         # A point deleted since the matrix was read has no text: leave it out.
         return [(ids[i], documents[i], texts[ids[i]], round(float(scores[i]), 6)) for i in best if ids[i] in texts]
 
     def _matrix(self):
-        with self._connect() as conn:
-            version = conn.execute("SELECT n FROM version WHERE id = 1").fetchone()[0]
-            with self._lock:
+        """(ids, document ids, matrix of unit vectors), read again when another write happened."""
+        with self._read() as conn:
+            # One read transaction: the version and the rows it counts are read together.
+            conn.execute("BEGIN")
+            try:
+                version = conn.execute("SELECT n FROM version WHERE id = 1").fetchone()[0]
                 if self._cache[0] != version:
                     rows = conn.execute("SELECT id, document_id, vector FROM point ORDER BY rowid").fetchall()
                     matrix = numpy.frombuffer(b"".join(r[2] for r in rows), dtype=numpy.float32) if rows else None
                     if matrix is not None:
                         matrix = matrix.reshape(len(rows), -1)
-                    self._cache = (
-                        version,
-                        [r[0] for r in rows],
-                        [r[1] for r in rows],
-                        matrix,
-                    )
-                return self._cache[1:]
+                    self._cache = (version, [r[0] for r in rows], [r[1] for r in rows], matrix)
+            finally:
+                conn.execute("COMMIT")
+            return self._cache[1:]
 
 
 # -- Qdrant ------------------------------------------------------------------------------
