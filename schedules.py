@@ -191,6 +191,11 @@ schedule("send_usage_statistics", "0 * * * *")
 # Issue 10's cleanups: listed once their tasks exist.
 schedule("cleanup_old_posts", "0 1 * * 0")
 schedule("cleanup_old_cache", "0 */6 * * *")
+# The knowledge app's, as apps/knowledge/schedules.py declares them (in TIMEZONE, as all these).
+schedule("process_sync_queue", "*/5 * * * *")
+schedule("cleanup_query_cache", "0 2 * * *")
+schedule("cleanup_old_conversations", "0 3 * * 0")
+schedule("reset_all_daily_limits", "0 0 * * *")
 
 
 def zone():

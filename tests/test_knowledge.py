@@ -547,3 +547,12 @@ def test_openapi_describes_the_knowledge_api(anonymous):
         "/api/v1/knowledge/webhook",
     ):
         assert path in paths
+
+
+def test_the_schedules_are_on_the_schedule_table(client):
+    from apps.knowledge.schedules import SCHEDULES
+
+    listed = {s["name"]: s for s in client.get("/api/v1/schedules").json["schedules"]}
+    for name, cron in SCHEDULES:
+        assert listed[name]["cron"] == cron and listed[name]["function"] == name
+    assert listed["update_user_statistics"]["function"] == "update_post_statistics"

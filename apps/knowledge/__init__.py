@@ -10,13 +10,7 @@ Importing the package registers its tables and tasks; install(web) adds its
 routes, pages and sandbox to today's web process.
 """
 
-import schedules as _engine_schedules
-
 from . import ingest, models, notify, routes, sync, tasks  # noqa: F401 - tables and tasks register on import
-from .schedules import SCHEDULES
-
-for _name, _cron in SCHEDULES:
-    _engine_schedules.schedule(_name, _cron)
 
 
 def install(web):
