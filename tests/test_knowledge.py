@@ -556,3 +556,13 @@ def test_the_schedules_are_on_the_schedule_table(client):
     for name, cron in SCHEDULES:
         assert listed[name]["cron"] == cron and listed[name]["function"] == name
     assert listed["update_user_statistics"]["function"] == "update_post_statistics"
+
+
+def test_an_unreachable_embedder_is_503_and_the_query_does_not_count(client, monkeypatch):
+    monkeypatch.setattr(settings, "EMBEDDINGS_URL", f"http://127.0.0.1:{free_port()}/v1")
+    reply = client.post("/api/v1/knowledge/search", {"user_id": "ann", "query": "invoice"})
+    error = assert_error(reply, 503, "unavailable")
+    assert "embeddings endpoint" in error["message"]
+    limits = client.get("/api/v1/knowledge/users/ann/limits").json
+    assert limits["used"] == 0 and limits["statistics"]["total_queries"] == 0
+    assert Message.select().count() == 0 and not jobs_named("send_query_result_to_users")

@@ -97,7 +97,9 @@ def search(body, submit, now=None):
         passages, tokens, cached = _passages(query, limit, now)
     except BaseException:
         # Nothing was answered: the query does not count.
-        KnowledgeUser.update(queries_today=KnowledgeUser.queries_today - 1).where(KnowledgeUser.id == user_id).execute()
+        KnowledgeUser.update(
+            queries_today=KnowledgeUser.queries_today - 1, total_queries=KnowledgeUser.total_queries - 1
+        ).where(KnowledgeUser.id == user_id).execute()
         raise
     elapsed_ms = round((time.monotonic() - started) * 1000, 3)
     with db.atomic():
