@@ -566,3 +566,47 @@ def test_an_unreachable_embedder_is_503_and_the_query_does_not_count(client, mon
     limits = client.get("/api/v1/knowledge/users/ann/limits").json
     assert limits["used"] == 0 and limits["statistics"]["total_queries"] == 0
     assert Message.select().count() == 0 and not jobs_named("send_query_result_to_users")
+
+
+ISSUE_TABLE = {  # name: (arguments, retries, queue), as the issue fixes them
+    "sync_embeddings_task": (["batch_size", "since"], 3, "sync"),
+    "process_sync_queue": ([], 0, "sync"),
+    "trigger_full_sync_task": ([], 1, "sync"),
+    "delete_document_embeddings_task": (["document_id"], 3, "sync"),
+    "send_query_result_to_users": (
+        [
+            "user_id",
+            "conversation_id",
+            "message_id",
+            "query",
+            "answer",
+            "sources",
+            "tokens_used",
+            "processing_time_ms",
+        ],
+        3,
+        "notifications",
+    ),
+    "send_system_notification": (["notification_type", "title", "message", "user_ids", "metadata"], 3, "notifications"),
+    "cleanup_query_cache": (["days"], 0, "cleanup"),
+    "cleanup_old_conversations": (["days"], 0, "cleanup"),
+    "reset_user_daily_limit": (["user_id"], 0, "user"),
+    "reset_all_daily_limits": ([], 0, "user"),
+    "update_user_statistics": (["user_id"], 0, "user"),
+    "calculate_user_tier": (["user_id"], 0, "user"),
+}
+
+
+def test_the_functions_are_those_of_the_issue_table(client):
+    listed = {f["name"]: f for f in client.get("/api/v1/functions").json["functions"]}
+    for name, (arguments, retries, queue) in ISSUE_TABLE.items():
+        function = listed[name]
+        assert [p["name"] for p in function["params"]] == arguments, name
+        assert (function["retries"], function["queue"]) == (retries, queue), name
+    defaults = {p["name"]: p.get("default") for p in listed["sync_embeddings_task"]["params"]}
+    assert defaults == {"batch_size": 100, "since": None}
+    assert [p["default"] for p in listed["cleanup_old_conversations"]["params"]] == [90]
+    assert [p["default"] for p in listed["cleanup_query_cache"]["params"]] == [30]
+    full = jobs.FUNCTIONS["trigger_full_sync_task"]
+    assert full.wrapper.settings["default_timeout"] == 3600 and full.limit == 1  # an hour; one at a time
+    assert jobs.FUNCTIONS["sync_embeddings_task"].wrapper.settings["default_retry_backoff"] == 2  # exponential
