@@ -99,6 +99,7 @@ def main():
         if consumer is not None:
             consumer.stop()
         web.stop()
+        common.cleanup()
 
 
 if __name__ == "__main__":
