@@ -216,6 +216,7 @@ SCHEMAS = {
         {
             "name": STRING,
             "cron": {"type": "string", "description": "crontab read in TIMEZONE, e.g. 0 2 * * *"},
+            "function": {"type": "string", "description": "the function each tick runs (mostly the schedule's name)"},
             "paused": BOOL,
             "next_run": nullable(TIME),
             "last_run": nullable(TIME),

@@ -43,7 +43,7 @@ class Schedule:
     one runs the first time only.
     """
 
-    def __init__(self, name, cron, args=None):
+    def __init__(self, name, cron, args=None, function=None):
         self.args = args or {}
         fields = cron.split()
         if len(fields) != 5:
@@ -58,6 +58,7 @@ class Schedule:
         self.minutes = [m for m in range(60) if on_minute(base.replace(minute=m))]
         self.hours = [h for h in range(24) if on_hour(base.replace(hour=h))]
         self.name, self.cron = name, cron
+        self.function = function or name
         self.hourly = len(self.hours) == 24
 
     def runs(self, after, tz=None):
@@ -112,9 +113,11 @@ class Schedule:
 SCHEDULES = {}
 
 
-def schedule(name, cron, **kwargs):
-    """Run function `name` with `kwargs` on crontab `cron`; the function is looked up when a tick comes."""
-    SCHEDULES[name] = Schedule(name, cron, kwargs)
+def schedule(name, cron, *, function=None, **kwargs):
+    """Run function `function` (by default the one called `name`) with `kwargs` on crontab `cron`;
+    the function is looked up when a tick comes. `function=` lets a schedule keep its name
+    when its function is renamed."""
+    SCHEDULES[name] = Schedule(name, cron, kwargs, function)
     return SCHEDULES[name]
 
 
@@ -141,12 +144,12 @@ def _minute(when):
 
 def active_schedules():
     """The schedules whose function exists, in table order."""
-    return [s for s in SCHEDULES.values() if s.name in FUNCTIONS]
+    return [s for s in SCHEDULES.values() if s.function in FUNCTIONS]
 
 
 def get_schedule(name):
     """The schedule called `name`; KeyError when there is none (or its function is missing)."""
-    if name not in SCHEDULES or name not in FUNCTIONS:
+    if name not in SCHEDULES or SCHEDULES[name].function not in FUNCTIONS:
         raise KeyError(name)
     return SCHEDULES[name]
 
@@ -187,7 +190,7 @@ def tick(now=None, after=None, tz=None):
                 claim.save()
                 logger.warning("schedule %s: tick %s %s", item.name, isoformat(slot), claim.note)
                 continue
-            job, _ = submit(item.name, item.args)
+            job, _ = submit(item.function, item.args)
             claim.job_id = job.id
             claim.save()
             ScheduleState.record_run(item.name, job.id, utcnow())
@@ -202,11 +205,11 @@ def tick(now=None, after=None, tz=None):
 
 def run_schedule(name):
     """Start schedule `name` now (paused or not); Conflict while its last job is unfinished."""
-    get_schedule(name)
+    item = get_schedule(name)
     running = _in_flight(ScheduleState.get_or_none(ScheduleState.name == name))
     if running is not None:
         raise Conflict(f"schedule {name}: job {running.id} is still {running.status}; a schedule never overlaps itself")
-    job, _ = submit(name, SCHEDULES[name].args)
+    job, _ = submit(item.function, item.args)
     ScheduleState.record_run(name, job.id, utcnow())
     return job
 
@@ -234,7 +237,8 @@ def schedule_dicts(now=None):
                 "name": item.name,
                 "cron": item.cron,
                 "timezone": settings.TIMEZONE,
-                "queue": FUNCTIONS[item.name].queue,
+                "function": item.function,
+                "queue": FUNCTIONS[item.function].queue,
                 "paused": paused,
                 "next_run": None if paused else isoformat(item.next_run(now)),
                 "last_run": isoformat(state.last_run) if state else None,

@@ -60,6 +60,10 @@ class PermanentError(ProviderError):
 class Client:
     """The provider's JSON API at `base_url`: place an order, read its status."""
 
+    # Other JSON services (apps/knowledge's ingest and embeddings) reuse this client with their own header.
+    token_header = TOKEN_HEADER
+    user_agent = USER_AGENT
+
     def __init__(self, base_url, token, connect_timeout, read_timeout):
         parts = urlsplit(base_url)
         self.base_url = base_url
@@ -103,7 +107,7 @@ class Client:
     # -- HTTP ------------------------------------------------------------------
     def _call(self, method, path, body=None, headers=None):
         data = None if body is None else json.dumps(body).encode("utf-8")
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, TOKEN_HEADER: self.token, **(headers or {})}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent, self.token_header: self.token, **(headers or {})}
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
