@@ -251,7 +251,6 @@ DEFAULT_QUEUE_PRIORITIES = {
     "emails": 8,
     "orders": 8,
     "users": 7,
-    "user": 7,
     "notifications": 6,
     "analytics": 5,
     "progress": 5,

@@ -7,7 +7,6 @@ drain, all against real `python web.py run` processes on 127.0.0.1.
 """
 
 import json
-import sys
 import time
 
 import common

@@ -3,7 +3,7 @@
 `client().embed(texts)` POSTs `{"model", "input": [texts]}` to
 `{EMBEDDINGS_URL}/embeddings` and returns one vector per text, plus the tokens
 the endpoint counted. With no EMBEDDINGS_URL it calls the sandbox endpoint at
-BASE_URL/sandbox/embeddings/v1, which answers with `hashed_words()`: a
+BASE_URL/knowledge-sandbox/embeddings/v1, which answers with `hashed_words()`: a
 deterministic bag-of-words vector, so passages that share words with a query
 score high. The sandbox ingest makes its chunks' vectors with the same
 function, so a demo search finds the passages that share its words.
@@ -13,9 +13,11 @@ import hashlib
 import math
 import re
 
-import provider
 import settings
+from httpclient import JsonClient, RetryableError
 
+# Where routes.py mounts the sandboxes (ingest, embedder, users' system receiver).
+SANDBOX_PATH = "/knowledge-sandbox"
 SANDBOX_DIMENSIONS = 256
 MAX_INPUTS = 256
 WORD = re.compile(r"[a-z0-9]+")
@@ -44,8 +46,8 @@ def hashed_words(text, dimensions=SANDBOX_DIMENSIONS):
     return [round(x / norm, 6) for x in vector] if norm else vector
 
 
-class EmbeddingsClient(provider.Client):
-    """An OpenAI-compatible embeddings endpoint (provider.Client's HTTP and error split)."""
+class EmbeddingsClient(JsonClient):
+    """An OpenAI-compatible embeddings endpoint (httpclient.JsonClient's HTTP and error split)."""
 
     token_header = "Authorization"
     user_agent = "litejobs-knowledge/1"
@@ -55,7 +57,7 @@ class EmbeddingsClient(provider.Client):
         self.model = model
 
     def embed(self, texts):
-        """(one vector per text, tokens used); RetryableError or PermanentError as provider.Client raises."""
+        """(one vector per text, tokens used); RetryableError or PermanentError as JsonClient raises."""
         texts = list(texts)
         vectors, tokens = [], 0
         for start in range(0, len(texts), MAX_INPUTS):
@@ -63,7 +65,7 @@ class EmbeddingsClient(provider.Client):
             reply = self._call("POST", "/embeddings", {"model": self.model, "input": part})
             data = reply.get("data")
             if not isinstance(data, list) or len(data) != len(part):
-                raise provider.RetryableError(
+                raise RetryableError(
                     f"POST /embeddings: expected {len(part)} embeddings, got {str(data)[:100]}"
                 )
             ordered = sorted(
@@ -73,7 +75,7 @@ class EmbeddingsClient(provider.Client):
             for item in ordered:
                 vector = item.get("embedding") if isinstance(item, dict) else None
                 if not isinstance(vector, list) or not vector or not all(isinstance(x, (int, float)) for x in vector):
-                    raise provider.RetryableError("POST /embeddings: an embedding that is not a list of numbers")
+                    raise RetryableError("POST /embeddings: an embedding that is not a list of numbers")
                 vectors.append(vector)
             usage = reply.get("usage")
             if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
@@ -85,8 +87,8 @@ _clients = {}
 
 
 def client():
-    """The client for EMBEDDINGS_URL, or for the sandbox embedder at BASE_URL/sandbox/embeddings/v1."""
-    base_url = settings.EMBEDDINGS_URL or settings.BASE_URL.rstrip("/") + "/sandbox/embeddings/v1"
+    """The client for EMBEDDINGS_URL, or for the sandbox embedder at BASE_URL/knowledge-sandbox/embeddings/v1."""
+    base_url = settings.EMBEDDINGS_URL or settings.BASE_URL.rstrip("/") + SANDBOX_PATH + "/embeddings/v1"
     key = (
         base_url,
         settings.EMBEDDINGS_API_KEY,

@@ -1,6 +1,6 @@
 """The ingest service: its client, and the sandbox that plays it (and the embedder).
 
-`client()` reads the ingest service at `INGEST_URL` (provider.Client's HTTP,
+`client()` reads the ingest service at `INGEST_URL` (httpclient.JsonClient's HTTP,
 timeouts and error split: RetryableError for network errors, timeouts, 5xx
 and garbage, PermanentError with the service's message for a 4xx):
 
@@ -11,14 +11,16 @@ and garbage, PermanentError with the service's message for a 4xx):
 
 A change of a document reaches litejobs as a signed POST to
 /api/v1/knowledge/webhook (`{"event": "document.updated" | "document.deleted",
-"document_id"}`, the Litejobs-Signature of webhooks.sign with
+"document_id"}`, the Litejobs-Signature of the webhooks app's sign() with
 INGEST_WEBHOOK_SECRET), which puts the document on the sync queue.
 
-With no INGEST_URL, `sandbox` (served under /sandbox/ingest/) plays the
-service, its documents in the database (IngestDocument, IngestChunk), their
-vectors made by the sandbox embedder (served at /sandbox/embeddings/v1/);
-SANDBOX_LATENCY_MS, SANDBOX_FAILURE_RATE and faults injected with
-`POST /sandbox/ingest/v1/faults` make it misbehave as the order sandbox does.
+With no INGEST_URL, `sandbox` (routes.py mounts it at /knowledge-sandbox/)
+plays the service under /knowledge-sandbox/ingest/, its documents in the
+database (IngestDocument, IngestChunk), their vectors made by the sandbox
+embedder (at /knowledge-sandbox/embeddings/v1/); SANDBOX_LATENCY_MS,
+SANDBOX_FAILURE_RATE and faults injected with
+`POST /knowledge-sandbox/ingest/v1/faults` (IngestFault rows) make it
+misbehave as the order sandbox does.
 """
 
 import functools
@@ -30,19 +32,15 @@ import random
 import time
 from urllib.parse import quote
 
-from bottle import Bottle, HTTPResponse, request
+from bottle import Bottle, HTTPResponse, request, response
 from peewee import BooleanField, CharField, DateTimeField, IntegerField, TextField, fn
 
-import provider
 import settings
-import webhooks
+from httpclient import JsonClient, PermanentError, RetryableError, answer, read_object, refusal
 from models import BaseModel, chunked, db, utcnow
-from provider import PermanentError, RetryableError, SandboxFault
-from provider import _answer as answer
-from provider import _read_object as read_object
-from provider import _refusal as refusal
 
-from .embeddings import MAX_INPUTS, SANDBOX_DIMENSIONS, WORD, hashed_words
+from .delivery import webhooks
+from .embeddings import MAX_INPUTS, SANDBOX_DIMENSIONS, SANDBOX_PATH, WORD, hashed_words
 
 logger = logging.getLogger("litejobs.knowledge.ingest")
 
@@ -61,7 +59,7 @@ def webhook_secret():
 
 
 # -- The client ----------------------------------------------------------------------
-class IngestClient(provider.Client):
+class IngestClient(JsonClient):
     """The ingest service's JSON API at `base_url`."""
 
     token_header = TOKEN_HEADER
@@ -112,8 +110,8 @@ _clients = {}
 
 
 def client():
-    """The client for INGEST_URL, or for the sandbox ingest at BASE_URL/sandbox/ingest."""
-    base_url = settings.INGEST_URL or settings.BASE_URL.rstrip("/") + "/sandbox/ingest"
+    """The client for INGEST_URL, or for the sandbox ingest at BASE_URL/knowledge-sandbox/ingest."""
+    base_url = settings.INGEST_URL or settings.BASE_URL.rstrip("/") + SANDBOX_PATH + "/ingest"
     key = (
         base_url,
         settings.INGEST_TOKEN,
@@ -171,6 +169,32 @@ class IngestChunk(BaseModel):
                 metadata=json.loads(self.metadata),
             )
         return body
+
+
+class IngestFault(BaseModel):
+    """A fault injected into the sandbox ingest: the next `remaining` calls to
+    `target` (changes, document or any) answer `status` (200: garbage), or `delay_ms` late."""
+
+    target = CharField(default="any")
+    status = IntegerField(null=True)
+    delay_ms = IntegerField(default=0)
+    remaining = IntegerField(default=1)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "knowledge_ingest_fault"
+
+    @classmethod
+    def take(cls, target):
+        """Use up one call of the oldest fault for `target`; None when there is none."""
+        for fault in list(cls.select().where(cls.target.in_((target, "any")) & (cls.remaining > 0)).order_by(cls.id)):
+            used = cls.update(remaining=cls.remaining - 1).where((cls.id == fault.id) & (cls.remaining > 0)).execute()
+            if used:
+                return fault
+        return None
+
+    def to_dict(self):
+        return {"id": str(self.id), "target": self.target, "status": self.status, "delay_ms": self.delay_ms, "remaining": self.remaining}
 
 
 def split_text(text, words_per_chunk=60):
@@ -249,7 +273,7 @@ def notify_change(event, document_id):
     """POST the signed change webhook to this litejobs, as an ingest service would; the Outcome."""
     body = json.dumps({"event": event, "document_id": document_id}).encode()
     url = settings.BASE_URL.rstrip("/") + WEBHOOK_PATH
-    outcome = webhooks.send(
+    outcome = webhooks().send(
         url,
         webhook_secret(),
         body,
@@ -386,13 +410,37 @@ sandbox = Bottle()
 MAX_PAGE = 1000
 
 
+@sandbox.hook("before_request")
+def _open_connection():
+    db.connect(reuse_if_open=True)
+
+
+@sandbox.hook("after_request")
+def _close_connection():
+    if not db.is_closed() and not db.in_transaction():
+        db.close()
+
+
+def _sandbox_error(error):
+    """The sandboxes' own errors stay JSON, like the services they play."""
+    if error.status_code >= 500:
+        logger.error("sandbox request %s %s failed: %s", request.method, request.path, error.exception)
+    message = "internal error" if error.status_code >= 500 else f"{error.status_code}: {error.status_line}"
+    response.content_type = "application/json; charset=utf-8"
+    return json.dumps({"error": {"code": "http_" + str(error.status_code), "message": message}})
+
+
+for _status in (400, 404, 405, 413, 500):
+    sandbox.error(_status)(_sandbox_error)
+
+
 def _authorized():
     given = request.get_header(TOKEN_HEADER) or ""
     return hmac.compare_digest(given.encode(), settings.INGEST_TOKEN.encode())
 
 
 def sandbox_call(target):
-    """Token check, SANDBOX_LATENCY_MS, injected faults ("ingest-<target>" or "any") and SANDBOX_FAILURE_RATE.
+    """Token check, SANDBOX_LATENCY_MS, injected faults (IngestFault) and SANDBOX_FAILURE_RATE.
 
     An injected fault of status 200 answers garbage: a body that is not JSON.
     """
@@ -403,7 +451,7 @@ def sandbox_call(target):
             if not _authorized():
                 return refusal(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header")
             time.sleep(settings.SANDBOX_LATENCY_MS / 1000)
-            fault = SandboxFault.take(f"ingest-{target}")
+            fault = IngestFault.take(target)
             if fault is not None and fault.delay_ms:
                 time.sleep(fault.delay_ms / 1000)
             if fault is not None and fault.status == 200:
@@ -512,8 +560,7 @@ def sandbox_add_fault():
         return refusal(422, "invalid", "delay_ms must be 0 to 60000 and times 1 to 100000")
     if status is None and not delay_ms:
         return refusal(422, "invalid", "give a status, a delay_ms, or both")
-    stored = "any" if target == "any" else f"ingest-{target}"
-    fault = SandboxFault.create(target=stored, status=status, delay_ms=delay_ms, remaining=times)
+    fault = IngestFault.create(target=target, status=status, delay_ms=delay_ms, remaining=times)
     return answer(201, fault.to_dict())
 
 

@@ -4,11 +4,11 @@ What goes to the users' system is a webhook delivery like any other: the
 users' system is one Webhook row (its URL and signing secret, subscribed to no
 event, so nothing else is sent to it), each message one WebhookDelivery (the
 delivery log, shown under /api/v1/webhooks/{id}/deliveries and on the
-dashboard), and each attempt webhooks.deliver() (signing, the
+dashboard), and each attempt the webhooks app's deliver() (signing, the
 Litejobs-Signature header, retry on timeouts and 5xx). The body is the
 webhook body: `{"id", "event", "created_at", "data"}`.
 
-With no USERS_SYSTEM_URL the sandbox receiver at /sandbox/users/v1/events
+With no USERS_SYSTEM_URL the sandbox receiver at /knowledge-sandbox/users/v1/events
 takes them, checks the signature and keeps them (SandboxReceipt) for the
 knowledge page.
 """
@@ -21,14 +21,14 @@ from bottle import request
 from peewee import BooleanField, CharField, DateTimeField, IntegrityError, TextField
 
 import settings
-import webhooks
+from httpclient import answer, refusal
 from models import BaseModel, db, isoformat, utcnow
-from provider import _answer as answer
-from provider import _refusal as refusal
 
+from .delivery import webhooks
+from .embeddings import SANDBOX_PATH
 from .ingest import sandbox
 
-RECEIVER_PATH = "/sandbox/users/v1/events"
+RECEIVER_PATH = SANDBOX_PATH + "/users/v1/events"
 
 
 def users_system_url():
@@ -44,20 +44,18 @@ def users_system_secret():
 
 def users_system_webhook():
     """The live Webhook row for the users' system at its configured URL and secret (made on first use)."""
-    url, secret = users_system_url(), users_system_secret()
-    found = webhooks.Webhook.live().where(
-        (webhooks.Webhook.url == url) & (webhooks.Webhook.secret == secret) & (webhooks.Webhook.events == "[]")
-    )
+    url, secret, Webhook = users_system_url(), users_system_secret(), webhooks().Webhook
+    found = Webhook.live().where((Webhook.url == url) & (Webhook.secret == secret) & (Webhook.events == "[]"))
     webhook = found.first()
     if webhook is None:
-        webhook = webhooks.Webhook.create(url=url, events="[]", secret=secret)
+        webhook = Webhook.create(url=url, events="[]", secret=secret)
     return webhook
 
 
 def queue_message(event, data, key):
     """The delivery of `event` to the users' system for occurrence `key` (the same one when repeated)."""
-    webhook = users_system_webhook()
-    identifier = webhooks.event_id(key)
+    webhook, WebhookDelivery = users_system_webhook(), webhooks().WebhookDelivery
+    identifier = webhooks().event_id(key)
     body = {
         "id": identifier,
         "event": event,
@@ -66,7 +64,7 @@ def queue_message(event, data, key):
     }
     try:
         with db.atomic():
-            return webhooks.WebhookDelivery.create(
+            return WebhookDelivery.create(
                 webhook=webhook,
                 event_id=identifier,
                 event=event,
@@ -74,16 +72,15 @@ def queue_message(event, data, key):
             )
     except IntegrityError:
         # A repeated run of the same task: its delivery exists, and may already be sent.
-        return webhooks.WebhookDelivery.get(
-            (webhooks.WebhookDelivery.webhook == webhook) & (webhooks.WebhookDelivery.event_id == identifier)
-        )
+        return WebhookDelivery.get((WebhookDelivery.webhook == webhook) & (WebhookDelivery.event_id == identifier))
 
 
 def recent_deliveries(limit=10):
-    webhook = webhooks.Webhook.live().where(webhooks.Webhook.url == users_system_url()).first()
+    Webhook = webhooks().Webhook
+    webhook = Webhook.live().where(Webhook.url == users_system_url()).first()
     if webhook is None:
         return []
-    rows, _ = webhooks.WebhookDelivery.page(webhook.id, limit=limit)
+    rows, _ = webhooks().WebhookDelivery.page(webhook.id, limit=limit)
     return rows
 
 
@@ -113,8 +110,9 @@ class SandboxReceipt(BaseModel):
 def sandbox_receive():
     """Take a signed event; 401 for a bad signature, 200 for a repeat (by event id)."""
     raw = request.body.read(1024 * 1024)
-    if not webhooks.verify(users_system_secret(), request.get_header(webhooks.SIGNATURE_HEADER), raw):
-        return refusal(401, "bad_signature", f"missing or wrong {webhooks.SIGNATURE_HEADER} header")
+    header = webhooks().SIGNATURE_HEADER
+    if not webhooks().verify(users_system_secret(), request.get_header(header), raw):
+        return refusal(401, "bad_signature", f"missing or wrong {header} header")
     try:
         body = json.loads(raw)
         event_id, event = str(body["id"]), str(body["event"])

@@ -1,27 +1,28 @@
-"""The knowledge page of the dashboard: the store against the ingest, the running
-sync, the sync queue, queries per day, users near their limit, and what the
-users' system was sent."""
+"""knowledge's dashboard page: the store against the ingest, the running sync, the
+sync queue, queries per day, users near their limit, and what the users' system was sent."""
 
 import datetime
-from pathlib import Path
 
 from bottle import Bottle, redirect
 
 import charts
-import dashboard
+import settings
+from apps.knowledge import notify, sync
+from apps.knowledge.models import KnowledgeUser, Message
+from dashboard import page, render
 from jobs import submit
 from models import utcnow
 
-from . import notify, sync
-from .models import KnowledgeUser, Message
-
-VIEWS = str(Path(__file__).resolve().parent / "views")
 CHART_DAYS = 30
 
 pages = Bottle()
 
 
-@dashboard.page("/knowledge", app=pages)
+def route(path, method="GET"):
+    return page(path, method, routes=pages)
+
+
+@route("/knowledge")
 def knowledge():
     """Sync status, queries per day and the users' system log."""
     now = utcnow()
@@ -36,7 +37,7 @@ def knowledge():
         height=150,
         label="Queries per day",
     )
-    return dashboard.render(
+    return render(
         "knowledge",
         title="Knowledge",
         status=sync.status(now),
@@ -45,12 +46,12 @@ def knowledge():
         near_limit=KnowledgeUser.near_limit(now),
         receipts=notify.SandboxReceipt.latest(10),
         deliveries=notify.recent_deliveries(10),
-        sandbox_receiver=not notify.settings.USERS_SYSTEM_URL,
+        sandbox_receiver=not settings.USERS_SYSTEM_URL,
         now=now,
     )
 
 
-@dashboard.page("/knowledge/sync", "POST", app=pages)
+@route("/knowledge/sync", "POST")
 def knowledge_full_sync():
     """Start a full sync unless one is waiting or running."""
     running = sync.waiting_full_sync()

@@ -10,8 +10,8 @@ import hashlib
 import json
 import time
 
-import provider
 import settings
+from httpclient import ServiceError
 from jobs import ArgumentError, Unavailable
 from models import db, isoformat, utcnow
 
@@ -150,7 +150,7 @@ def _passages(query, limit, now):
     try:
         vectors, tokens = embeddings.client().embed([query])
         hits = open_store().search(vectors[0], limit)
-    except provider.ProviderError as exc:
+    except ServiceError as exc:
         raise Unavailable(f"the embeddings endpoint did not answer: {exc}") from exc
     except StoreError as exc:
         raise Unavailable(f"the vector store cannot search: {exc}") from exc

@@ -15,6 +15,7 @@ import logging
 from huey.exceptions import RetryTask
 
 import settings
+from httpclient import ServiceError
 from models import WAITING, Job, isoformat, utcnow
 
 from . import ingest
@@ -246,14 +247,14 @@ def status(now=None):
         }
     try:
         page = ingest.client().changes(state.cursor, 1)
-    except ingest.provider.ProviderError as exc:
+    except ServiceError as exc:
         answer["ingest"]["error"] = str(exc)
         return answer
     answer["ingest"]["chunks"] = page["total"]
     if not settings.INGEST_URL:
         answer["ingest"]["documents"] = (
-            ingest.IngestDocument.select().where(ingest.IngestDocument.deleted == False).count()
-        )  # noqa: E712
+            ingest.IngestDocument.select().where(ingest.IngestDocument.deleted == False).count()  # noqa: E712
+        )
     answer["behind"] = bool(page["chunks"])
     answer["in_sync"] = not page["chunks"] and page["total"] == chunks
     return answer

@@ -2,17 +2,18 @@
 
 `update_user_statistics` is this app's (per search user, after each query);
 the content app's function of the same name is `update_post_statistics`,
-still on the `update_user_statistics` schedule (schedules.py).
+still on the `update_user_statistics` schedule (apps/content/__init__.py).
 """
 
 import datetime
 import logging
 
-import webhooks
+import hooks
 from jobs import JobError, current_job_id, fail_now, progress, submit, task
 from models import utcnow
 
 from . import ingest, notify, sync
+from .delivery import webhooks
 from .models import (
     Conversation,
     KnowledgeUser,
@@ -42,6 +43,15 @@ def _refused(exc):
 def _submit(name, args):
     job, _ = submit(name, args, checked=True)
     return job.id
+
+
+@hooks.demo_data.connect
+def demo_documents(seed=None):
+    """`python -m apps.demo`: the sandbox ingest's demo documents; a full sync moves them into the store once a consumer runs."""
+    chunks = ingest.fill_sandbox(200, seed=seed or 0)
+    if sync.waiting_full_sync() is None:
+        submit("trigger_full_sync_task", {})
+    return {"knowledge chunks": chunks}
 
 
 # -- Sync ----------------------------------------------------------------------------------
@@ -90,7 +100,7 @@ def delete_document_embeddings_task(document_id: str):
 def _deliver(event, data, key):
     delivery = notify.queue_message(event, data, key)
     try:
-        return webhooks.deliver(delivery.id, allow_private=True, max_attempts=NOTIFY_RETRIES + 1)
+        return webhooks().deliver(delivery.id, allow_private=True, max_attempts=NOTIFY_RETRIES + 1)
     except JobError as exc:
         fail_now(str(exc))  # the delivery gave up: no huey retry on top of its own
 
