@@ -349,6 +349,11 @@ def open_store():
     return _stores[key]
 
 
+def forget_stores():
+    """Forget the stores this process opened, so the next open_store() follows the settings again (tests)."""
+    _stores.clear()
+
+
 def use_store(store):
     """Make `store` the configured one in this process (tests, benches)."""
     key = (settings.QDRANT_URL, settings.QDRANT_COLLECTION, str(settings.DATA_DIR))

@@ -11,20 +11,18 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import Client, RunningConsumer, assert_error, free_port, wait_until
+from helpers import ROOT, Client, Litejobs, RunningConsumer, assert_error, cli_env, free_port, wait_until
 
 import jobs
 import settings
-import webhooks
 from apps.knowledge import ingest, search, store, sync, tasks
 from apps.knowledge.models import Conversation, KnowledgeUser, Message, QueryCache, SyncQueueItem, SyncState
 from apps.knowledge.notify import SandboxReceipt
+from apps.webhooks import models as webhooks
 from models import Job, utcnow
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = {"X-Ingest-Token": "sandbox-token"}
 
 
@@ -36,7 +34,7 @@ def knowledge(monkeypatch, tmp_path, server_url):
     monkeypatch.setattr(settings, "SANDBOX_FAILURE_RATE", 0.0)
     embedded = store.use_store(store.SqliteStore(tmp_path / "knowledge-vectors.db"))
     yield embedded
-    store._stores.clear()
+    store.forget_stores()
 
 
 def ingest_chunks():
@@ -121,10 +119,10 @@ def test_ingest_webhook_queues_changes_that_the_sync_queue_applies(client, anony
     sandbox = Client(client.base_url)
     text = "Webhook retries wait longer each time.\n\nA signature header proves the sender."
     put = sandbox.post(
-        "/sandbox/ingest/v1/documents", {"id": "new-doc", "title": "Retries", "text": text}, headers=TOKEN
+        "/knowledge-sandbox/ingest/v1/documents", {"id": "new-doc", "title": "Retries", "text": text}, headers=TOKEN
     )
     assert put.status == 201 and put.json["webhook"] == "sent"
-    gone = sandbox.delete("/sandbox/ingest/v1/documents/doc-000002", headers=TOKEN)
+    gone = sandbox.delete("/knowledge-sandbox/ingest/v1/documents/doc-000002", headers=TOKEN)
     assert gone.status == 200 and gone.json["webhook"] == "sent"
     assert [(i.document_id, i.action) for i in SyncQueueItem.waiting()] == [
         ("new-doc", "upsert"),
@@ -270,7 +268,7 @@ def test_a_consumer_killed_mid_sync_leaves_exactly_the_ingest_chunks(tmp_path, s
 
 # -- Ingest faults ------------------------------------------------------------------------------
 def inject(**fault):
-    reply = Client(settings.BASE_URL).post("/sandbox/ingest/v1/faults", fault, headers=TOKEN)
+    reply = Client(settings.BASE_URL).post("/knowledge-sandbox/ingest/v1/faults", fault, headers=TOKEN)
     assert reply.status == 201, reply.body
 
 
@@ -293,7 +291,7 @@ def test_ingest_refusals_are_permanent_with_the_services_message():
     with pytest.raises(ingest.PermanentError) as refused:
         ingest.client().document_chunks("no-such-doc")
     assert refused.value.status == 404 and refused.value.message == "no document 'no-such-doc'"
-    monkeypatch_token = ingest.IngestClient(settings.BASE_URL + "/sandbox/ingest", "wrong", 5, 5)
+    monkeypatch_token = ingest.IngestClient(settings.BASE_URL + "/knowledge-sandbox/ingest", "wrong", 5, 5)
     with pytest.raises(ingest.PermanentError, match="X-Ingest-Token"):
         monkeypatch_token.changes("0", 10)
 
@@ -550,10 +548,17 @@ def test_openapi_describes_the_knowledge_api(anonymous):
 
 
 def test_the_schedules_are_on_the_schedule_table(client):
-    from apps.knowledge.schedules import SCHEDULES
+    import apps.knowledge
 
+    declared = {s.name: s.cron for s in apps.knowledge.app.schedules}
+    assert declared == {
+        "process_sync_queue": "*/5 * * * *",
+        "cleanup_query_cache": "0 2 * * *",
+        "cleanup_old_conversations": "0 3 * * 0",
+        "reset_all_daily_limits": "0 0 * * *",
+    }
     listed = {s["name"]: s for s in client.get("/api/v1/schedules").json["schedules"]}
-    for name, cron in SCHEDULES:
+    for name, cron in declared.items():
         assert listed[name]["cron"] == cron and listed[name]["function"] == name
     assert listed["update_user_statistics"]["function"] == "update_post_statistics"
 
@@ -610,3 +615,53 @@ def test_the_functions_are_those_of_the_issue_table(client):
     full = jobs.FUNCTIONS["trigger_full_sync_task"]
     assert full.wrapper.settings["default_timeout"] == 3600 and full.limit == 1  # an hour; one at a time
     assert jobs.FUNCTIONS["sync_embeddings_task"].wrapper.settings["default_retry_backoff"] == 2  # exponential
+
+
+# -- The app on its own ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_apps_knowledge_and_webhooks_run_alone(tmp_path):
+    """APPS=knowledge,webhooks: their routes, functions and schedules, none of the other apps'; a search works."""
+    (tmp_path / "none").mkdir()
+    app = Litejobs(tmp_path, ["web.py", "run", "--no-consumer"], APPS="knowledge,webhooks", FUNCTIONS_DIR=str(tmp_path / "none"))
+    try:
+        wait_until(app.ready, timeout=60, message="web and consumer ready")
+        client = app.client
+        assert_error(client.get("/api/v1/orders"), 404, "not_found")
+        assert client.get("/analytics").status == 404 and client.get("/knowledge").status == 303  # a login first
+        functions = {f["name"] for f in client.get("/api/v1/functions").json["functions"]}
+        assert {"sync_embeddings_task", "update_user_statistics"} <= functions
+        assert not functions & {"update_post_statistics", "dispatch_order", "send_welcome_email"}
+        schedules = {s["name"]: s["function"] for s in client.get("/api/v1/schedules").json["schedules"]}
+        assert schedules == {
+            "prune_job_history": "prune_job_history",
+            "send_usage_statistics": "send_usage_statistics",
+            "process_sync_queue": "process_sync_queue",
+            "cleanup_query_cache": "cleanup_query_cache",
+            "cleanup_old_conversations": "cleanup_old_conversations",
+            "reset_all_daily_limits": "reset_all_daily_limits",
+        }
+        workers = client.get("/api/v1/workers").json["workers"]
+        assert [w["apps"] for w in workers if w["alive"]] == [["knowledge", "webhooks"]]
+        # A document put into the sandbox ingest, a full sync on the consumer, then a search finds it.
+        text = "Refunds go back to the card that paid within ten working days."
+        put = client.post("/knowledge-sandbox/ingest/v1/documents", {"id": "refunds", "title": "Refunds", "text": text}, headers=TOKEN)
+        assert put.status == 201, put.body
+        job_id = client.post("/api/v1/knowledge/sync").json["id"]
+        done = wait_until(lambda: client.get(f"/api/v1/jobs/{job_id}").json["status"] in ("succeeded", "failed"), timeout=30)
+        assert done and client.get(f"/api/v1/jobs/{job_id}").json["status"] == "succeeded"
+        found = client.post("/api/v1/knowledge/search", {"user_id": "ann", "query": "refund to my card"})
+        assert found.status == 200, found.body
+        assert found.json["passages"][0]["document_id"] == "refunds"
+    finally:
+        app.stop()
+
+
+def test_knowledge_without_webhooks_stops_the_start_naming_the_fix(tmp_path):
+    (tmp_path / "none").mkdir()
+    env = cli_env(tmp_path, APPS="accounts,knowledge", FUNCTIONS_DIR=str(tmp_path / "none"))
+    started = subprocess.run(
+        [sys.executable, "web.py", "create-key", "x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode != 0
+    assert "APPS names knowledge but not webhooks" in started.stderr and "APPS=accounts,knowledge,webhooks" in started.stderr
+    assert "Traceback" not in started.stderr
