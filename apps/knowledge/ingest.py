@@ -361,7 +361,7 @@ def demo_document(number, rng):
 def fill_sandbox(documents=200, seed=0, now=None):
     """Add `documents` deterministic demo documents to the sandbox ingest (replacing ones of the same id).
 
-    Written in bulk (one transaction per 500 documents): `web.py demo-data`
+    Written in bulk (one transaction per 500 documents): `python -m apps.demo`
     and bench/knowledge.py use it. Returns the number of chunks written.
     """
     now = now or utcnow()
