@@ -60,6 +60,7 @@ app_event = Event(
 )
 user_created = Event("user_created", "(user): a user was created; accounts queues their welcome mail.")
 usage_counts = Event("usage_counts", "(start, end): each receiver returns a dict merged into the hourly usage report.")
+demo_data = Event("demo_data", "(seed): `python -m apps.demo` fills demo data; each receiver adds its app's and returns {what: count}.")
 
 
 class App:

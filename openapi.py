@@ -669,7 +669,7 @@ ARGUMENT_TYPES = {
     "float": {"type": "number"},
     "str": {"type": "string"},
     "bool": {"type": "boolean"},
-    "list": {"type": "array"},
+    "list": {"type": "array", "items": {}},  # items: generated clients need them
     "dict": {"type": "object"},
     "any": {},
 }

@@ -69,6 +69,7 @@ class Schedule:
         self.minutes = [m for m in range(60) if on_minute(base.replace(minute=m))]
         self.hours = [h for h in range(24) if on_hour(base.replace(hour=h))]
         self.name, self.cron = name, cron
+        self.function = function or name
         self.hourly = len(self.hours) == 24
 
     def zone(self):
@@ -131,9 +132,11 @@ class Schedule:
 SCHEDULES = {}
 
 
-def schedule(name, cron, **kwargs):
-    """Run function `name` with `kwargs` on crontab `cron`; the function is looked up when a tick comes."""
-    SCHEDULES[name] = Schedule(name, cron, kwargs)
+def schedule(name, cron, *, function=None, **kwargs):
+    """Run function `function` (by default the one called `name`) with `kwargs` on crontab `cron`;
+    the function is looked up when a tick comes. `function=` lets a schedule keep its name
+    when its function is renamed."""
+    SCHEDULES[name] = Schedule(name, cron, kwargs, function=function)
     return SCHEDULES[name]
 
 

@@ -341,6 +341,33 @@ WEBHOOK_MAX_ATTEMPTS = _define(
     "WEBHOOK_MAX_ATTEMPTS", 8, "attempts at a webhook delivery (timeouts, 5xx) before it fails", _int(1, 100)
 )
 
+# -- Knowledge (apps/knowledge) -------------------------------------------------
+INGEST_URL = _define("INGEST_URL", "", "ingest service base URL; empty: the built-in sandbox ingest", _url("http", "https"))
+INGEST_TOKEN = _define("INGEST_TOKEN", "sandbox-token", "token sent to the ingest service in the X-Ingest-Token header")
+INGEST_WEBHOOK_SECRET = _define(
+    "INGEST_WEBHOOK_SECRET", "", "secret the ingest service signs its change webhooks with; empty: derived from SECRET_KEY"
+)
+QDRANT_URL = _define("QDRANT_URL", "", "Qdrant server for the vectors; empty: the embedded store in DATA_DIR", _url("http", "https"))
+QDRANT_API_KEY = _define("QDRANT_API_KEY", "", "API key for QDRANT_URL, if the server wants one")
+QDRANT_COLLECTION = _define("QDRANT_COLLECTION", "knowledge", "Qdrant collection (or embedded store table) of the chunks")
+EMBEDDINGS_URL = _define(
+    "EMBEDDINGS_URL", "", "OpenAI-compatible embeddings base URL (…/v1); empty: the sandbox embedder", _url("http", "https")
+)
+EMBEDDINGS_MODEL = _define("EMBEDDINGS_MODEL", "litejobs-hashed-words", "model name sent to EMBEDDINGS_URL")
+EMBEDDINGS_API_KEY = _define("EMBEDDINGS_API_KEY", "", "Bearer key sent to EMBEDDINGS_URL")
+USERS_SYSTEM_URL = _define(
+    "USERS_SYSTEM_URL", "", "where query results and notices are POSTed; empty: the sandbox receiver", _url("http", "https")
+)
+USERS_SYSTEM_SECRET = _define(
+    "USERS_SYSTEM_SECRET", "", "secret that signs what goes to USERS_SYSTEM_URL; empty: derived from SECRET_KEY"
+)
+TIER_LIMITS = _define(
+    "TIER_LIMITS", {"free": 50, "pro": 1000}, "knowledge queries a day per user tier, lowest tier first", _pairs(_int(0, 10**9))
+)
+KNOWLEDGE_TIMEOUT = _define(
+    "KNOWLEDGE_TIMEOUT", 10.0, "seconds to wait for the ingest service and the embeddings endpoint", _float(0.1, 300)
+)
+
 # -- Media and courses ---------------------------------------------------------
 UPLOAD_DIR = DATA_DIR / "uploads"  # WebP renditions, served at /uploads/
 INCOMING_DIR = DATA_DIR / "incoming"  # originals until processed; never served

@@ -1,5 +1,7 @@
 """litejobs demo data: realistic users, posts, likes, comments, shares and hashtags.
 
+Other apps add theirs through the hooks.demo_data event (knowledge: its sandbox ingest's documents).
+
 `python -m apps.demo --users N --posts M` calls fill() and fill_courses(). The data looks like a
 small social app's: a few prolific authors and many quiet ones, hashtags that
 follow a long tail (and a couple that trend in the last day), likes that come
@@ -14,6 +16,7 @@ import random
 
 from peewee import fn
 
+import hooks
 from apps.content.models import Comment, Like, Post, PostTag, Share, hashtags
 from apps.courses.models import Course, Enrollment, LessonCompletion
 from models import User, bulk_insert, chunked, db, utcnow
@@ -229,6 +232,8 @@ def main(argv=None):
     counts.update(course_counts)
     for enrollment_id in finished:  # their certificates are made once a consumer runs
         jobs.enqueue("recalculate_course_progress", enrollment_id=enrollment_id)
+    for _, added in hooks.demo_data.send(seed=args.seed):  # the other loaded apps' demo data
+        counts.update(added)
     print(", ".join(f"{n} {what}" for what, n in counts.items()))
 
 

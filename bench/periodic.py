@@ -31,7 +31,7 @@ TARGET_S = 10.0
 TARGET_MB = 200
 ORDER = [
     "cleanup_expired_tokens",
-    "update_user_statistics",
+    "update_post_statistics",
     "update_trending_hashtags",
     "generate_content_analytics",
     "update_post_engagement_scores",
@@ -144,7 +144,7 @@ def main():
         print("  (the jobs demo-data queued are dropped, so each measured job has the queue to itself)\n")
 
         names = subprocess.run(
-            [py, "-c", "import schedules; print(' '.join(s.name for s in schedules.active_schedules()))"],
+            [py, "-c", "import schedules; print(' '.join(s.function for s in schedules.active_schedules()))"],
             cwd=common.ROOT, env=env, capture_output=True, text=True, check=True,
         ).stdout.split()
         names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]

@@ -23,7 +23,7 @@ from helpers import wait_until
 
 EMAIL, PASSWORD = "admin@example.com", "correct horse battery"
 
-PAGES = ["/", "/jobs", "/jobs/some-id", "/run", "/run/echo", "/schedules", "/workers", "/orders", "/orders/1", "/analytics", "/webhooks", "/posts/1", "/courses"]
+PAGES = ["/", "/jobs", "/jobs/some-id", "/run", "/run/echo", "/schedules", "/workers", "/orders", "/orders/1", "/analytics", "/webhooks", "/posts/1", "/courses", "/knowledge"]
 
 
 class Browser:

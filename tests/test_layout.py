@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The engine, and the library modules apps may import; none of them may import an app.
 ENGINE = {
     "settings", "models", "jobs", "hooks", "web", "dashboard", "api", "schedules", "mailer", "media",
-    "charts", "limits", "metrics", "openapi", "backup", "litejobs", "schema", "reloader",
+    "charts", "limits", "metrics", "openapi", "backup", "litejobs", "schema", "reloader", "httpclient",
     "schedule_edits", "schedule_pages",
 }
 

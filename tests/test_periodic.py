@@ -176,6 +176,7 @@ def test_scheduler_ticks_once_a_minute_and_coalesces_a_stall():
         "poll_pending_orders",
         "update_trending_hashtags",
         "send_usage_statistics",
+        "process_sync_queue",
     ]
     assert scheduler.enqueue_periodic_tasks(at("2026-11-23T10:00:59")) == []  # same minute
     assert scheduler.enqueue_periodic_tasks(at("2026-11-23T10:04:00")) == []  # nothing due
@@ -183,7 +184,7 @@ def test_scheduler_ticks_once_a_minute_and_coalesces_a_stall():
         models.Job.mark_finished(job.id, "succeeded")
     # A stalled scheduler (10:04 -> 10:21) runs a missed schedule once, for the latest tick.
     started = scheduler.enqueue_periodic_tasks(at("2026-11-23T10:21:00"))
-    assert [j.name for j in started] == ["poll_pending_orders"]
+    assert [j.name for j in started] == ["poll_pending_orders", "process_sync_queue"]
     assert ScheduleRun.get(ScheduleRun.job_id == started[0].id).slot == at("2026-11-23T10:20")
     state = ScheduleState.get_by_id("poll_pending_orders")
     assert state.last_job_id == started[0].id and state.last_run is not None
@@ -211,9 +212,9 @@ def test_two_schedulers_on_the_same_tick_run_it_once():
     for thread in threads:
         thread.join(10)
     names = sorted(job.name for job in Job.select())
-    assert names == ["poll_pending_orders", "send_usage_statistics", "update_trending_hashtags"]
+    assert names == ["poll_pending_orders", "process_sync_queue", "send_usage_statistics", "update_trending_hashtags"]
     assert sorted(j.name for j in started) == names
-    assert ScheduleRun.select().count() == 3
+    assert ScheduleRun.select().count() == 4
 
 
 def test_two_schedulers_share_one_postgresql_database(postgres_database):
@@ -221,8 +222,13 @@ def test_two_schedulers_share_one_postgresql_database(postgres_database):
     started = first.enqueue_periodic_tasks(at("2026-11-23T10:00:01")) + second.enqueue_periodic_tasks(
         at("2026-11-23T10:00:02")
     )
-    assert sorted(j.name for j in started) == ["poll_pending_orders", "send_usage_statistics", "update_trending_hashtags"]
-    assert Job.select().count() == 3
+    assert sorted(j.name for j in started) == [
+        "poll_pending_orders",
+        "process_sync_queue",
+        "send_usage_statistics",
+        "update_trending_hashtags",
+    ]
+    assert Job.select().count() == 4
 
 
 def test_tick_is_skipped_while_the_previous_job_is_unfinished():
@@ -335,7 +341,7 @@ def known_data():
 def test_user_statistics_on_known_data(known_data):
     ann, bob, cat = known_data["users"]
     day2 = known_data["day2"]
-    assert analytics.update_user_statistics.call_local() == {"users": 3}
+    assert analytics.update_post_statistics.call_local() == {"users": 3}
     stats = {s.user_id: s for s in UserStats.select()}
     assert (stats[ann.id].posts, stats[ann.id].likes_received, stats[ann.id].comments_received, stats[ann.id].shares_received) == (2, 3, 1, 1)
     assert (stats[bob.id].posts, stats[bob.id].likes_received) == (1, 1)
@@ -343,7 +349,7 @@ def test_user_statistics_on_known_data(known_data):
     assert stats[ann.id].last_active_at == day2 + HOUR  # her like of Bob's post
     assert stats[bob.id].last_active_at == day2 + 3 * HOUR  # his share
     assert stats[cat.id].last_active_at == day2 + 5 * HOUR  # her last login, later than her like
-    analytics.update_user_statistics.call_local()  # run twice: same numbers, no duplicate rows
+    analytics.update_post_statistics.call_local()  # run twice: same numbers, no duplicate rows
     assert UserStats.select().count() == 3 and UserStats.get_by_id(ann.id).likes_received == 3
 
 
@@ -381,7 +387,7 @@ def test_engagement_scores_decay_by_age(known_data, monkeypatch):
 def test_periodic_jobs_on_postgresql(postgres_database, outbox):
     data = make_known_data()
     ann = data["users"][0]
-    assert analytics.update_user_statistics.call_local() == {"users": 3}
+    assert analytics.update_post_statistics.call_local() == {"users": 3}
     assert UserStats.get_by_id(ann.id).likes_received == 3
     analytics.generate_content_analytics.call_local(days=7)
     first = DailyAnalytics.get(DailyAnalytics.date == data["day1"].date())

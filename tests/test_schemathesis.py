@@ -44,6 +44,14 @@ HAS_INPUT = {
 }
 
 
+@pytest.fixture(autouse=True)
+def sandboxes_here(monkeypatch, server_url):
+    """The sandboxes (the knowledge search's embedder among them) are served by the test server."""
+    import settings as litejobs_settings
+
+    monkeypatch.setattr(litejobs_settings, "BASE_URL", server_url)
+
+
 @pytest.fixture(scope="module")
 def api_schema(server_url):
     """The document as the app serves it, loaded by schemathesis."""

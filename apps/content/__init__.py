@@ -11,7 +11,8 @@ app = App(
     modules=[tasks, routes, pages],
     queues={"media": 9, "emails": 8, "analytics": 5, "maintenance": 3},
     schedules=[
-        schedule("update_user_statistics", "0 3 * * *"),
+        # The schedule keeps its name; the function of that name is the knowledge app's.
+        schedule("update_user_statistics", "0 3 * * *", function="update_post_statistics"),
         schedule("update_trending_hashtags", "0 * * * *"),
         schedule("generate_content_analytics", "0 4 * * *"),
         schedule("update_post_engagement_scores", "0 5 * * *"),

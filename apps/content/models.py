@@ -330,7 +330,7 @@ def delete_quiet_posts(before, limit):
 
 # -- Numbers computed from the posts ----------------------------------------------
 class UserStats(BaseModel):
-    """Per-user numbers, written by update_user_statistics."""
+    """Per-user numbers, written by update_post_statistics."""
 
     user = ForeignKeyField(User, primary_key=True, backref="stats", on_delete="CASCADE")
     posts = IntegerField(default=0)

@@ -19,8 +19,11 @@ logger = logging.getLogger("litejobs.content")
 
 # -- Analytics jobs ---------------------------------------------------------------
 @task(queue="analytics", public=True, **PERIODIC_RETRY)
-def update_user_statistics():
-    """Recount per user: posts, likes, comments and shares received, last active."""
+def update_post_statistics():
+    """Recount per user: posts, likes, comments and shares received, last active.
+
+    Runs on the `update_user_statistics` schedule; the function of that name is
+    the knowledge app's (one search user's statistics, after each query)."""
     return {"users": UserStats.refresh(utcnow(), report=progress)}
 
 

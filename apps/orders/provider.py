@@ -1,8 +1,8 @@
 """litejobs provider: the order provider's HTTP client, and the sandbox provider.
 
-`client()` talks JSON over HTTP to `PROVIDER_URL` with the token header,
-connect and read timeouts, and one keep-alive connection per worker thread
-(or greenlet). Its errors split in two: `RetryableError` (network errors,
+`client()` talks JSON over HTTP to `PROVIDER_URL` with the token header
+(httpclient.JsonClient: connect and read timeouts, one keep-alive connection
+per worker thread or greenlet). Its errors split in two: `RetryableError` (network errors,
 timeouts, 5xx, 408/429, garbage bodies: the same call may work later) and
 `PermanentError` (any other 4xx, carrying the provider's own message).
 
@@ -17,60 +17,38 @@ faults injected with `POST /sandbox/v1/faults` (SandboxFault rows).
 import datetime
 import functools
 import hmac
-import http.client
 import json
 import logging
 import random
 import secrets
-import threading
 import time
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from bottle import Bottle, HTTPResponse, request, response
+from bottle import Bottle, request, response
 from peewee import CharField, DateTimeField, IntegerField, IntegrityError, TextField
 
 import settings
+from httpclient import PermanentError, RetryableError, ServiceError  # noqa: F401 - PermanentError: re-exported
+from httpclient import JsonClient, answer, excerpt, read_object, refusal
 from models import BaseModel, db, isoformat, utcnow
 
 logger = logging.getLogger("litejobs.provider")
 
 TOKEN_HEADER = "X-Provider-Token"
 USER_AGENT = "litejobs-orders/1"
-MAX_REPLY_BYTES = 1024 * 1024
 PROVIDER_STATUSES = ("pending", "processing", "completed", "failed")
 
 
-class ProviderError(Exception):
-    """A provider call that gave no answer to use."""
-
-
-class RetryableError(ProviderError):
-    """The call may work later: network error, timeout, 5xx, 408, 429 or a garbage body."""
-
-
-class PermanentError(ProviderError):
-    """The provider refused the call (a 4xx); `message` is its own words."""
-
-    def __init__(self, status, message):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status, self.message = status, message
+# The errors of httpclient, under the names orders' code has always used.
+ProviderError = ServiceError
 
 
 # -- The client ----------------------------------------------------------------------
-class Client:
+class Client(JsonClient):
     """The provider's JSON API at `base_url`: place an order, read its status."""
 
-    def __init__(self, base_url, token, connect_timeout, read_timeout):
-        parts = urlsplit(base_url)
-        self.base_url = base_url
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port
-        self.prefix = parts.path.rstrip("/")
-        self.token = token
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        # One keep-alive connection per thread; with gevent's patch, per greenlet.
-        self._local = threading.local()
+    token_header = TOKEN_HEADER
+    user_agent = USER_AGENT
 
     def create_order(self, order_id, product_id, package_id, user_identifier, extra_field=None):
         """Place an order; returns the provider's reply with its `reference`, and
@@ -87,7 +65,7 @@ class Client:
         }
         reply = self._call("POST", "/v1/orders", body, {"Idempotency-Key": order_id})
         if not isinstance(reply.get("reference"), str) or not reply["reference"]:
-            raise RetryableError(f"POST /v1/orders: answer without a reference: {_excerpt(reply)}")
+            raise RetryableError(f"POST /v1/orders: answer without a reference: {excerpt(reply)}")
         ready_in = reply.get("ready_in")
         usable = isinstance(ready_in, (int, float)) and not isinstance(ready_in, bool) and ready_in >= 0
         return {**reply, "ready_in": float(ready_in) if usable else None}
@@ -97,101 +75,8 @@ class Client:
         reply = self._call("GET", f"/v1/orders/{quote(reference, safe='')}")
         status = reply.get("status")
         if status not in PROVIDER_STATUSES or (status == "completed" and not reply.get("pin_code")):
-            raise RetryableError(f"GET /v1/orders/{reference}: answer without a usable status: {_excerpt(reply)}")
+            raise RetryableError(f"GET /v1/orders/{reference}: answer without a usable status: {excerpt(reply)}")
         return reply
-
-    # -- HTTP ------------------------------------------------------------------
-    def _call(self, method, path, body=None, headers=None):
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, TOKEN_HEADER: self.token, **(headers or {})}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            status, raw = self._send(method, self.prefix + path, data, headers)
-        except TimeoutError:
-            raise RetryableError(f"{method} {path}: no answer within {self.read_timeout:g} s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise RetryableError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        return _parse(method, path, status, raw)
-
-    def _send(self, method, path, data, headers):
-        """(status, body) over this thread's connection; a stale kept-alive one is replaced once."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            try:
-                return self._exchange(conn, method, path, data, headers)
-            except (ConnectionError, http.client.RemoteDisconnected):
-                # The server closed the idle connection; a repeat is safe (GET, or POST
-                # with an idempotency key).
-                pass
-        return self._exchange(self._connect(), method, path, data, headers)
-
-    def _connect(self):
-        self._local.conn = None
-        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        conn = kind(self.host, self.port, timeout=self.connect_timeout)
-        try:
-            conn.connect()
-        except TimeoutError:
-            conn.close()
-            raise OSError(f"no connection to {self.host}:{self.port} within {self.connect_timeout:g} s") from None
-        except OSError:
-            conn.close()
-            raise
-        conn.sock.settimeout(self.read_timeout)
-        return conn
-
-    def _exchange(self, conn, method, path, data, headers):
-        self._local.conn = None
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            reply = conn.getresponse()
-            raw = reply.read(MAX_REPLY_BYTES + 1)
-        except BaseException:
-            conn.close()
-            raise
-        if reply.will_close or len(raw) > MAX_REPLY_BYTES or not reply.isclosed():
-            conn.close()
-        else:
-            self._local.conn = conn
-        return reply.status, raw
-
-
-def _parse(method, path, status, raw):
-    """The JSON object of a 2xx answer, or the right error for anything else."""
-    if 200 <= status < 300:
-        try:
-            reply = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            reply = None
-        if not isinstance(reply, dict):
-            raise RetryableError(f"{method} {path}: HTTP {status} with a body that is not a JSON object: {raw[:100]!r}")
-        return reply
-    message = _message(raw)
-    if status >= 500 or status in (408, 429):
-        raise RetryableError(f"{method} {path}: HTTP {status}: {message}")
-    raise PermanentError(status, message)
-
-
-def _message(raw):
-    """The provider's own words from an error body: error.message, error or message, else the text."""
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
-        for value in (error, body.get("message")):
-            if isinstance(value, str) and value:
-                return value
-    text = raw[:300].decode("utf-8", "replace").strip()
-    return text or "no message"
-
-
-def _excerpt(value):
-    return json.dumps(value)[:200]
 
 
 _clients = {}
@@ -299,15 +184,6 @@ class SandboxFault(BaseModel):
 sandbox = Bottle()
 
 
-def _answer(status, body=None):
-    text = "" if body is None else json.dumps(body)
-    return HTTPResponse(text, status=status, headers={"Content-Type": "application/json; charset=utf-8"})
-
-
-def _refusal(status, code, message):
-    return _answer(status, {"error": {"code": code, "message": message}})
-
-
 def _authorized():
     given = request.get_header(TOKEN_HEADER) or ""
     return hmac.compare_digest(given.encode(), settings.PROVIDER_TOKEN.encode())
@@ -321,13 +197,13 @@ def sandbox_call(target):
         @functools.wraps(handler)
         def wrapper(*args, **kwargs):
             if not _authorized():
-                return _refusal(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header")
+                return refusal(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header")
             time.sleep(settings.SANDBOX_LATENCY_MS / 1000)
             fault = SandboxFault.take(target)
             if fault is not None and fault.status:
-                return _refusal(fault.status, "injected", f"sandbox: injected fault (HTTP {fault.status})")
+                return refusal(fault.status, "injected", f"sandbox: injected fault (HTTP {fault.status})")
             if random.random() < settings.SANDBOX_FAILURE_RATE:
-                return _refusal(500, "unavailable", "sandbox: simulated failure (SANDBOX_FAILURE_RATE)")
+                return refusal(500, "unavailable", "sandbox: simulated failure (SANDBOX_FAILURE_RATE)")
             answer = handler(*args, **kwargs)
             if fault is not None and fault.delay_ms:
                 # The work is done but the answer comes late: a client that gave up
@@ -340,30 +216,21 @@ def sandbox_call(target):
     return decorator
 
 
-def _read_object():
-    raw = request.body.read(MAX_REPLY_BYTES)
-    try:
-        body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _order_request(body):
     """(the order's fields, or None) and the refusal for a bad one."""
     fields = {}
     for name in ("product_id", "package_id", "user_identifier"):
         value = body.get(name)
         if not isinstance(value, str) or not value.strip():
-            return None, _refusal(422, "invalid", f"{name} is required and must be a non-empty string")
+            return None, refusal(422, "invalid", f"{name} is required and must be a non-empty string")
         fields[name] = value
     extra = body.get("extra_field")
     if extra is not None and not isinstance(extra, str):
-        return None, _refusal(422, "invalid", "extra_field must be a string")
+        return None, refusal(422, "invalid", "extra_field must be a string")
     fields["extra_field"] = extra
     # Magic values, as sandboxes have: an unknown account is refused at once.
     if fields["user_identifier"].lower().startswith("invalid"):
-        return None, _refusal(422, "unknown_account", f"no account {fields['user_identifier']!r} for this product")
+        return None, refusal(422, "unknown_account", f"no account {fields['user_identifier']!r} for this product")
     return fields, None
 
 
@@ -377,13 +244,13 @@ def sandbox_create_order():
     """Place an order; the Idempotency-Key header makes a repeat return the same order."""
     key = request.get_header("Idempotency-Key")
     if not key:
-        return _refusal(400, "idempotency_key_required", "send an Idempotency-Key header")
-    body = _read_object()
+        return refusal(400, "idempotency_key_required", "send an Idempotency-Key header")
+    body = read_object()
     if body is None:
-        return _refusal(400, "bad_json", "body must be a JSON object")
-    fields, refusal = _order_request(body)
-    if refusal is not None:
-        return refusal
+        return refusal(400, "bad_json", "body must be a JSON object")
+    fields, refused = _order_request(body)
+    if refused is not None:
+        return refused
     now = utcnow()
     unavailable = fields["package_id"].lower().startswith("unavailable")
     order, created = SandboxOrder.place(
@@ -396,8 +263,8 @@ def sandbox_create_order():
         fail_message=f"package {fields['package_id']!r} is unavailable" if unavailable else None,
     )
     if not created and order.request != json.dumps(fields, sort_keys=True):
-        return _refusal(409, "idempotency_key_reused", f"Idempotency-Key {key!r} was used for another order")
-    return _answer(201 if created else 200, order.to_dict(utcnow()))
+        return refusal(409, "idempotency_key_reused", f"Idempotency-Key {key!r} was used for another order")
+    return answer(201 if created else 200, order.to_dict(utcnow()))
 
 
 @sandbox.get("/v1/orders/<reference>")
@@ -406,41 +273,41 @@ def sandbox_order_status(reference):
     """An order's status; the PIN once completed."""
     order = SandboxOrder.find(reference)
     if order is None:
-        return _refusal(404, "not_found", f"no order with reference {reference!r}")
-    return _answer(200, order.to_dict(utcnow()))
+        return refusal(404, "not_found", f"no order with reference {reference!r}")
+    return answer(200, order.to_dict(utcnow()))
 
 
 @sandbox.post("/v1/faults")
 def sandbox_add_fault():
     """Inject a fault: the next `times` calls to `target` answer `status` or come `delay_ms` late."""
     if not _authorized():
-        return _refusal(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header")
-    body = _read_object()
+        return refusal(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header")
+    body = read_object()
     if body is None:
-        return _refusal(400, "bad_json", "body must be a JSON object")
+        return refusal(400, "bad_json", "body must be a JSON object")
     target = body.get("target", "any")
     status = body.get("status")
     delay_ms = body.get("delay_ms", 0)
     times = body.get("times", 1)
     if target not in ("create", "status", "any"):
-        return _refusal(422, "invalid", "target must be create, status or any")
+        return refusal(422, "invalid", "target must be create, status or any")
     if status is not None and not (_whole(status) and 400 <= status <= 599):
-        return _refusal(422, "invalid", "status must be an HTTP error status, 400 to 599")
+        return refusal(422, "invalid", "status must be an HTTP error status, 400 to 599")
     if not (_whole(delay_ms) and 0 <= delay_ms <= 60000) or not (_whole(times) and 1 <= times <= 100000):
-        return _refusal(422, "invalid", "delay_ms must be 0 to 60000 and times 1 to 100000")
+        return refusal(422, "invalid", "delay_ms must be 0 to 60000 and times 1 to 100000")
     if status is None and not delay_ms:
-        return _refusal(422, "invalid", "give a status, a delay_ms, or both")
+        return refusal(422, "invalid", "give a status, a delay_ms, or both")
     fault = SandboxFault.create(target=target, status=status, delay_ms=delay_ms, remaining=times)
-    return _answer(201, fault.to_dict())
+    return answer(201, fault.to_dict())
 
 
 @sandbox.delete("/v1/faults")
 def sandbox_clear_faults():
     """Remove every injected fault."""
     if not _authorized():
-        return _refusal(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header")
+        return refusal(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header")
     SandboxFault.delete().execute()
-    return _answer(204)
+    return answer(204)
 
 
 def _whole(value):

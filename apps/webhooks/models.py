@@ -7,6 +7,7 @@ into deliveries, each one run as a job (deliver_webhook); and the hourly
 `Litejobs-Signature` header with `verify()`.
 """
 
+import datetime
 import hashlib
 import hmac
 import http.client
@@ -33,9 +34,11 @@ from peewee import (
     fn,
 )
 
+from huey.exceptions import RetryTask
+
 import hooks
 import settings
-from jobs import Unavailable, submit
+from jobs import JobError, Unavailable, submit
 from models import BaseModel, Job, User, db, isoformat, utcnow
 
 logger = logging.getLogger("litejobs.webhooks")
@@ -473,3 +476,45 @@ def app_event(event, data, key=None):
     if event not in EVENTS or not subscribers(event):
         return 0
     return emit(event, data() if callable(data) else data, key=key)
+
+
+def deliver(delivery_id, allow_private=None, max_attempts=None):
+    """One attempt at a pending delivery (the body of deliver_webhook, and of
+    other apps' senders that keep their log in WebhookDelivery): RetryTask for
+    the next attempt, JobError when it failed for good.
+
+    `allow_private` and `max_attempts` default to WEBHOOK_ALLOW_PRIVATE and
+    WEBHOOK_MAX_ATTEMPTS; a sender to an address the operator configured
+    (not a subscriber's) passes allow_private=True.
+    """
+    allow_private = settings.WEBHOOK_ALLOW_PRIVATE if allow_private is None else allow_private
+    max_attempts = max_attempts or settings.WEBHOOK_MAX_ATTEMPTS
+    delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
+    if delivery is None or delivery.status != "pending":
+        # A second run of a finished delivery (at-least-once): nothing to send.
+        return None if delivery is None else delivery.status
+    webhook = delivery.webhook
+    if not webhook.active:
+        WebhookDelivery.give_up(delivery.id, "webhook deleted before delivery")
+        return "webhook deleted; not sent"
+    outcome = send(
+        webhook.url,
+        webhook.secret,
+        delivery.payload.encode("utf-8"),
+        delivery.event,
+        timeout=settings.WEBHOOK_TIMEOUT,
+        allow_private=allow_private,
+    )
+    attempts = delivery.attempts + 1
+    again = outcome.retry and attempts < max_attempts
+    delay = retry_delay(attempts, settings.WEBHOOK_RETRY_BASE) if again else None
+    status = "pending" if again else "succeeded" if outcome.ok else "failed"
+    next_at = utcnow() + datetime.timedelta(seconds=delay) if again else None
+    if not delivery.record_attempt(status, outcome.response_code, outcome.duration_ms, outcome.error, next_at):
+        return "recorded by another run"
+    if again:
+        logger.info("webhook delivery %s: %s; attempt %s in %s s", delivery.id, outcome.error, attempts + 1, delay)
+        raise RetryTask(f"{outcome.error}; attempt {attempts + 1} in {delay:g} s", delay=delay)
+    if not outcome.ok:
+        raise JobError(f"webhook delivery {delivery.id} to {webhook.url} failed after {attempts} attempt(s): {outcome.error}")
+    return {"delivery_id": str(delivery.id), "response_code": outcome.response_code, "attempts": attempts}

@@ -1,0 +1,8 @@
+"""knowledge's schema changes, numbered from 1: each step is `fn(migrator) -> [operations]`
+(peewee's playhouse.migrate); schema.upgrade() applies those a database has not had.
+
+Append, never edit or reorder: a step's number is its place in this list. For example
+    lambda migrator: models.add_column_once(migrator, "orders", "note", TextField(default="")),
+"""
+
+MIGRATIONS = []
