@@ -317,7 +317,7 @@ class Worker(BaseModel):
     started_at = DateTimeField(default=utcnow)
     last_heartbeat = DateTimeField(default=utcnow, index=True)
     stopped_at = DateTimeField(null=True)
-    apps = TextField(default="")  # the apps it loaded, comma-separated (jobs.load_apps)
+    apps = TextField(default="")  # the apps it loaded, comma-separated (loader.load_apps)
 
     @classmethod
     def alive(cls, now=None):

@@ -19,6 +19,7 @@ from huey import consumer as huey_consumer
 from huey import crontab
 
 import hooks
+import consumer
 import jobs
 import runs
 import models
@@ -360,4 +361,4 @@ class Scheduler(huey_consumer.Scheduler):
         return started
 
 
-jobs.use_scheduler(Scheduler)
+consumer.use_scheduler(Scheduler)
