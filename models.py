@@ -25,6 +25,7 @@ import threading
 import time
 
 from peewee import BooleanField, CharField, DateTimeField, FloatField, ForeignKeyField, IntegerField, SqliteDatabase, TextField, fn
+from peewee import chunked  # noqa: F401 re-exported: apps import it from here
 from playhouse.migrate import SchemaMigrator, migrate
 
 import settings
