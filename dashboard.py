@@ -23,6 +23,7 @@ import stops
 import humanize
 import joblog
 import jobs
+import loader
 import settings
 from models import STATUSES, TERMINAL, Job, LoginFailure, Token, User, Worker, parse_time, utcnow
 from schedules import pause_schedule, run_schedule, schedule_dicts
@@ -144,7 +145,7 @@ def render(_view, _status=200, **values):
         csrf_token=csrf_token(),
         path=request.path,
         nav=NAV,
-        load_errors=jobs.LOAD_ERRORS,
+        load_errors=loader.LOAD_ERRORS,
         ago=ago,
         stamp=stamp,
         show_json=show_json,

@@ -12,6 +12,7 @@ import threading
 
 import backup
 import jobs
+import loader
 import settings
 from models import Job, JobCount, JobDuration, Worker, utcnow
 
@@ -130,6 +131,6 @@ def _database_metrics(out):
         f"Consumers with a heartbeat in the last HEARTBEAT_TIMEOUT ({settings.HEARTBEAT_TIMEOUT:g} s)",
         [({}, Worker.alive().count())],  # by the database's clock
     )
-    for app in jobs.loaded_apps():
+    for app in loader.loaded_apps():
         if app.metrics is not None:
             app.metrics(out, now)  # each app adds its own families

@@ -3,14 +3,17 @@
 SQLite (WAL) by default, PostgreSQL by `DATABASE_URL`. Queries live here as
 model methods; web.py and jobs.py combine them and write no SQL.
 
-The core is here: API keys, users, tokens, workers, jobs and their counters.
-Each concern keeps its tables beside its tasks (orders.py, webhooks.py,
-schedules.py, analytics.py, courses.py, mailer.py, provider.py). Every
-BaseModel subclass joins MODELS, so create_tables() creates the tables of
-every module imported by then; importing jobs imports them all.
+The core is here: API keys, users, tokens, login failures, workers and jobs,
+the migrations and create_tables(). The plumbing (the connection, BaseModel,
+time and page helpers) is in database.py, the schedule tables in
+schedule_tables.py, the /metrics counters in job_counts.py and Job's
+history queries in job_queries.py; this module re-exports their names, so
+`from models import X` keeps working. Each app keeps its tables in
+apps/<name>/models.py. Every BaseModel subclass joins MODELS, so
+create_tables() creates the tables of every module imported by then;
+importing jobs imports them all.
 """
 
-import base64
 import datetime
 import hashlib
 import hmac
@@ -20,168 +23,44 @@ import math
 import secrets
 import threading
 import time
-from pathlib import Path
 
-from peewee import (
-    SQL,
-    BooleanField,
-    Case,
-    CompositeKey,
-    CharField,
-    DatabaseProxy,
-    DateTimeField,
-    FloatField,
-    ForeignKeyField,
-    IntegrityError,
-    IntegerField,
-    Model,
-    SqliteDatabase,
-    TextField,
-    Tuple,
-    chunked,
-    fn,
-)
-from playhouse.pool import PooledDatabase, PooledSqliteDatabase
+from peewee import BooleanField, CharField, DateTimeField, FloatField, ForeignKeyField, IntegerField, SqliteDatabase, TextField, fn
+from peewee import chunked  # noqa: F401 re-exported: apps import it from here
 from playhouse.migrate import SchemaMigrator, migrate
 
-import dburl
 import settings
+from database import (  # noqa: F401 re-exported: callers import the plumbing from models
+    MODELS,
+    STATUSES,
+    TERMINAL,
+    WAITING,
+    WAL_CHECKPOINT_PAGES,
+    BaseModel,
+    _clock,
+    add_column_once,
+    bulk_insert,
+    check_database,
+    checkpoint,
+    close_all_connections,
+    create_tables_once,
+    db,
+    db_now,
+    db_time,
+    decode_cursor,
+    encode_cursor,
+    isoformat,
+    keyset_page,
+    open_database,
+    parse_time,
+    utcnow,
+    values_in,
+    wal_pages,
+)
+from job_counts import DURATION_BUCKETS, JobCount, JobDuration, install_job_triggers  # noqa: F401 re-exported
+from job_queries import JobQueries
+from schedule_tables import ScheduleChange, ScheduleRun, ScheduleState, StoredSchedule  # noqa: F401 re-exported
 
 logger = logging.getLogger("litejobs.models")
-
-db = DatabaseProxy()
-
-TERMINAL = ("succeeded", "failed", "canceled", "expired")
-# `pending`, never shown: a row written before its queue message, until the message is
-# in the queue. A consumer does not run a pending job, so a failed enqueue never runs.
-WAITING = ("scheduled", "queued", "retrying")
-STATUSES = WAITING + ("running",) + TERMINAL
-
-
-def utcnow():
-    """The current time in UTC, naive, as every time is stored."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-
-
-def isoformat(value):
-    """`2026-11-22T09:00:00.123Z` for a stored UTC time, None for None."""
-    if value is None:
-        return None
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_time(text):
-    """Read an ISO 8601 time; one without an offset is UTC. Raises ValueError."""
-    value = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    if value.tzinfo is not None:
-        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    return value
-
-
-# SQLite copies the WAL back into the database file (a checkpoint, with two fsyncs)
-# once the WAL holds this many pages. SQLite's 1,000 did it every ~50 jobs here, each
-# time rewriting the same hot index pages; at 10,000 (a WAL of up to 40 MB) a job
-# costs ~15% less CPU over HTTP (bench/, issue 7).
-WAL_CHECKPOINT_PAGES = 10_000
-
-
-def wal_pages(path):
-    """WAL_CHECKPOINT_PAGES, or fewer on a small disk: a WAL takes at most 2% of the
-    disk of `path` (at least 100 pages), so a 20 MB disk is not filled by its own logs."""
-    import shutil
-
-    try:
-        total = shutil.disk_usage(Path(path).resolve().parent).total
-    except OSError:
-        return WAL_CHECKPOINT_PAGES
-    return max(100, min(WAL_CHECKPOINT_PAGES, total // 50 // 4096))
-
-
-def open_database(url):
-    """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes,
-    PostgreSQL a connection pool (dburl.py)."""
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        settings.ensure_dir(path.parent, "DATABASE_URL")
-        # IMMEDIATE: a write transaction takes the lock up front, so it waits on
-        # the busy timeout instead of failing later with SQLITE_BUSY_SNAPSHOT.
-        # Pooled: the web process opens a connection per request, and opening a
-        # WAL database costs ~0.9 ms here, a quarter of a whole enqueue over HTTP
-        # (bench/, issue 7). close() hands the connection back to the pool; each
-        # thread or greenlet still has its own while it holds one.
-        # journal_size_limit: after a checkpoint the WAL file shrinks back to that size.
-        pages = wal_pages(path)
-        database = PooledSqliteDatabase(
-            str(path),
-            pragmas={
-                "journal_mode": "wal",
-                "foreign_keys": 1,
-                "cache_size": -16000,
-                "synchronous": "normal",
-                "wal_autocheckpoint": pages,
-                "journal_size_limit": pages * 4096,
-            },
-            max_connections=None,
-            stale_timeout=300,
-            lock_type="IMMEDIATE",
-            check_same_thread=False,  # a pooled connection moves between threads, one at a time
-        )
-        database.timeout = 10  # the busy timeout (the pool's own `timeout` is its wait for a free connection)
-        return database
-    return dburl.open_postgres(url)
-
-
-MODELS = []  # every table; each BaseModel subclass adds itself
-
-
-def encode_cursor(stamp, row_id):
-    """An opaque cursor for keyset pages ordered by (time, id), newest first."""
-    raw = f"{stamp.isoformat()}|{row_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor):
-    """(time, id) from a cursor; ValueError when it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, row_id = raw.split("|", 1)
-        return datetime.datetime.fromisoformat(stamp), row_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("not a cursor returned by this API") from exc
-
-
-def keyset_page(query, stamp_field, limit, cursor=None):
-    """One page of `query`, newest first by (stamp_field, id), after `cursor` if given;
-    returns (rows, the next page's cursor or None). ValueError for a bad cursor."""
-    model = stamp_field.model
-    if cursor:
-        stamp, row_id = decode_cursor(cursor)
-        query = query.where(Tuple(stamp_field, model.id) < Tuple(stamp, row_id))
-    rows = list(query.order_by(stamp_field.desc(), model.id.desc()).limit(limit + 1))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (encode_cursor(getattr(rows[-1], stamp_field.name), rows[-1].id) if more else None)
-
-
-def values_in(field, values, chunk=500):
-    """The subset of `values` that some row holds in `field`, asked a chunk at a time
-    (SQLite caps the parameters of one statement)."""
-    found = set()
-    for start in range(0, len(values), chunk):
-        query = field.model.select(field).where(field.in_(values[start : start + chunk]))
-        found.update(getattr(row, field.name) for row in query)
-    return found
-
-
-class BaseModel(Model):
-    class Meta:
-        database = db
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        # Tables live in the modules of their concern: registering each one as
-        # it is defined spares create_tables() a list to keep in step by hand.
-        MODELS.append(cls)
 
 
 class SchemaVersion(BaseModel):
@@ -428,32 +307,6 @@ class LoginFailure(BaseModel):
         return cls.delete().where(cls.at <= (now or utcnow()) - cls.WINDOW).execute()
 
 
-def db_time(seconds=0.0):
-    """SQL for the database's own clock, `seconds` from now, as a naive UTC time.
-
-    Leases and heartbeats are written and compared by this one clock, never by
-    a host's: a consumer whose clock is off must not look dead, nor make a live
-    run look lapsed. PostgreSQL uses its `now()`; SQLite the clock of the host
-    writing the file, which every process of a local SQLite file shares.
-    """
-    text, param = _clock(seconds)
-    return SQL(text.format(p=db.param), [param])
-
-
-def _clock(seconds):
-    """db_time() as (SQL text with a `{p}` placeholder, its parameter)."""
-    if isinstance(db.obj, SqliteDatabase):
-        return "strftime('%Y-%m-%d %H:%M:%f', 'now', {p})", f"{seconds:+.3f} seconds"
-    return "((now() AT TIME ZONE 'UTC') + {p} * interval '1 second')", float(seconds)
-
-
-def db_now():
-    """The database's current time (see db_time)."""
-    now = db_time()
-    value = db.execute_sql("SELECT " + now.sql, now.params).fetchone()[0]
-    return datetime.datetime.fromisoformat(value) if isinstance(value, str) else value
-
-
 class Worker(BaseModel):
     """A consumer process, alive while its heartbeat is fresh by the database's clock."""
 
@@ -465,7 +318,7 @@ class Worker(BaseModel):
     started_at = DateTimeField(default=utcnow)
     last_heartbeat = DateTimeField(default=utcnow, index=True)
     stopped_at = DateTimeField(null=True)
-    apps = TextField(default="")  # the apps it loaded, comma-separated (jobs.load_apps)
+    apps = TextField(default="")  # the apps it loaded, comma-separated (loader.load_apps)
 
     @classmethod
     def alive(cls, now=None):
@@ -509,7 +362,7 @@ class Worker(BaseModel):
         return [name for name in self.apps.split(",") if name]
 
 
-class Job(BaseModel):
+class Job(JobQueries, BaseModel):
     """One call of a job function, from enqueue to its terminal state."""
 
     id = CharField(primary_key=True)
@@ -593,101 +446,14 @@ class Job(BaseModel):
         }
 
     @classmethod
-    def page(cls, name=None, status=None, limit=50, cursor=None):
-        """Newest first; returns (jobs, cursor of the next page or None)."""
-        query = cls.select()
-        if name:
-            query = query.where(cls.name == name)
-        if status:
-            query = query.where(cls.status == status)
-        else:  # a job not yet confirmed as enqueued (or whose enqueue failed) is not listed
-            query = query.where(cls.status != "pending")
-        return keyset_page(query, cls.enqueued_at, limit, cursor)
-
-    @classmethod
     def by_idempotency_key(cls, api_key_id, name, key):
         return cls.get_or_none(
             (cls.api_key_id == api_key_id) & (cls.name == name) & (cls.idempotency_key == key)
         )
 
-    @classmethod
-    def counts_by_status(cls, finished_since=None):
-        """{status: jobs}; with `finished_since`, finished jobs count only from then on.
-
-        That form reads two index ranges — the unfinished jobs and the recently
-        finished ones — instead of the whole history.
-        """
-        if finished_since is None:
-            query = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).group_by(cls.status)
-        else:
-            unfinished = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).where(cls.status.in_(WAITING + ("running",)))
-            finished = cls.select(cls.status, fn.COUNT(cls.id).alias("n")).where(
-                cls.status.in_(TERMINAL) & (cls.finished_at >= finished_since)
-            )
-            query = unfinished.group_by(cls.status) | finished.group_by(cls.status)
-        return {row.status: row.n for row in query}
-
-    @classmethod
-    def finished_per_bucket(cls, since, seconds):
-        """{bucket number since `since`: (finished, failed)} for jobs finished after `since`."""
-        start = int(since.replace(tzinfo=datetime.timezone.utc).timestamp())
-        if isinstance(db.obj, SqliteDatabase):
-            # Stored as text: strftime gives epoch seconds; integer division floors them.
-            bucket = (fn.strftime("%s", cls.finished_at).cast("INTEGER") - start) / int(seconds)
-        else:
-            bucket = fn.FLOOR((fn.date_part("epoch", cls.finished_at) - start) / seconds)
-        bucket = bucket.alias("bucket")
-        failed = fn.SUM(Case(None, [(cls.status == "failed", 1)], 0)).alias("failed")
-        query = (
-            cls.select(bucket, fn.COUNT(cls.id).alias("n"), failed)
-            .where(cls.status.in_(TERMINAL) & (cls.finished_at >= since))  # on the (status, finished_at) index
-            .group_by(SQL("bucket"))
-        )
-        return {int(row.bucket): (row.n, int(row.failed or 0)) for row in query.namedtuples()}
-
-    @classmethod
-    def recent_failures(cls, limit=10):
-        return cls.select().where(cls.status == "failed").order_by(cls.finished_at.desc()).limit(limit)
-
     def children(self):
         """Jobs started as retries of this one."""
         return Job.select().where(Job.parent_id == self.id).order_by(Job.enqueued_at)
-
-    @classmethod
-    def calls(cls, names, args, limit=100):
-        """Jobs of functions `names` called with exactly `args` (as submit stored them), oldest first."""
-        return (
-            cls.select()
-            .where(cls.name.in_(names) & (cls.args == json.dumps(args)))
-            .order_by(cls.enqueued_at, cls.id)
-            .limit(limit)
-        )
-
-    @classmethod
-    def queue_stats(cls):
-        """{queue: {"depth", "running", "oldest"}} over the jobs not finished yet."""
-        query = (
-            cls.select(cls.queue, cls.status, fn.COUNT(cls.id).alias("n"), fn.MIN(cls.enqueued_at).alias("oldest"))
-            .where(cls.status.in_(("queued", "retrying", "running")))
-            .group_by(cls.queue, cls.status)
-        )
-        stats = {}
-        for row in query.namedtuples():
-            queue = stats.setdefault(row.queue, {"depth": 0, "running": 0, "oldest": None})
-            if row.status == "running":
-                queue["running"] += row.n
-            else:
-                queue["depth"] += row.n
-                oldest = row.oldest
-                if isinstance(oldest, str):  # SQLite hands aggregates back as text
-                    oldest = datetime.datetime.fromisoformat(oldest)
-                if queue["oldest"] is None or oldest < queue["oldest"]:
-                    queue["oldest"] = oldest
-        return stats
-
-    @classmethod
-    def running_on(cls, consumer_ids):
-        return cls.select().where((cls.status == "running") & cls.consumer_id.in_(consumer_ids))
 
     # -- state changes (each one short statement, safe to repeat) -----------
     # Every job runs these statements once, so they are written out here:
@@ -888,245 +654,6 @@ class Job(BaseModel):
         return cls.select().where(cls.status == status).count()
 
 
-# -- Job counters for /metrics ---------------------------------------------------
-# -- What the database keeps of each schedule (schedules.py) ------------------------------------
-class ScheduleState(BaseModel):
-    """What the database remembers of a schedule (SCHEDULES): paused, last run, last job.
-
-    Kept here rather than in a consumer, so a pause holds for every consumer
-    and survives restarts.
-    """
-
-    name = CharField(primary_key=True)
-    paused = BooleanField(default=False)
-    last_run = DateTimeField(null=True)
-    last_job_id = CharField(null=True)
-    updated_at = DateTimeField(default=utcnow)
-
-    @classmethod
-    def by_name(cls):
-        return {row.name: row for row in cls.select()}
-
-    @classmethod
-    def _upsert(cls, name, **values):
-        values["updated_at"] = utcnow()
-        cls.insert(name=name, **values).on_conflict(conflict_target=[cls.name], update=values).execute()
-
-    @classmethod
-    def set_paused(cls, name, paused):
-        cls._upsert(name, paused=paused)
-
-    @classmethod
-    def record_run(cls, name, job_id, when):
-        cls._upsert(name, last_run=when, last_job_id=job_id)
-
-
-class ScheduleRun(BaseModel):
-    """The claim of one tick: (schedule, slot) is unique, so however many
-    consumers see a tick, one of them runs it."""
-
-    schedule = CharField()
-    slot = DateTimeField()  # the tick's minute, UTC
-    claimed_at = DateTimeField(default=utcnow)
-    consumer_id = CharField(null=True)
-    job_id = CharField(null=True)
-    note = CharField(null=True)  # why a claimed tick did not run
-
-    class Meta:
-        indexes = ((("schedule", "slot"), True),)
-
-    @classmethod
-    def claim(cls, schedule, slot, consumer_id):
-        """The new claim row, or None when another consumer claimed this tick first."""
-        try:
-            with db.atomic():  # a savepoint, so a clash leaves an outer transaction usable
-                return cls.create(schedule=schedule, slot=slot, consumer_id=consumer_id)
-        except IntegrityError:
-            return None
-
-    @classmethod
-    def prune(cls, before):
-        return cls.delete().where(cls.claimed_at < before).execute()
-
-
-class StoredSchedule(BaseModel):
-    """A schedule added at run time (`added`), or what an edit changed of a schedule declared in code.
-
-    A null field takes its default: for a code schedule, its value in code; for
-    an added one, no arguments, the function's own queue and TIMEZONE.
-    """
-
-    name = CharField(primary_key=True)
-    function = CharField(null=True)
-    cron = CharField(null=True)
-    args = TextField(null=True)  # a JSON object
-    queue = CharField(null=True)
-    timezone = CharField(null=True)
-    added = BooleanField(default=False)
-    created_at = DateTimeField(default=utcnow)
-    updated_at = DateTimeField(default=utcnow)
-
-
-class ScheduleChange(BaseModel):
-    """One change to a schedule: who made it, when, and the schedule before and after (JSON)."""
-
-    schedule = CharField(index=True)
-    action = CharField()  # added, edited, deleted, reset, paused, resumed
-    who = CharField()
-    at = DateTimeField(default=utcnow)
-    before = TextField(null=True)
-    after = TextField(null=True)
-
-    @classmethod
-    def stamp(cls):
-        """(count, newest id) of the log: it moves whenever a change commits.
-
-        The count matters on PostgreSQL, where a sequence number taken first can commit last.
-        """
-        return cls.select(fn.COUNT(cls.id), fn.MAX(cls.id)).tuples().get()
-
-    @classmethod
-    def of(cls, name, limit=100):
-        return list(cls.select().where(cls.schedule == name).order_by(cls.id.desc()).limit(limit))
-
-    def to_dict(self):
-        return {
-            "action": self.action,
-            "who": self.who,
-            "at": isoformat(self.at),
-            "before": json.loads(self.before) if self.before else None,
-            "after": json.loads(self.after) if self.after else None,
-        }
-
-
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-
-
-class JobCount(BaseModel):
-    """Jobs per function and event: enqueued, succeeded, failed, canceled,
-    expired, retried (one per retry) and recovered (run again after its worker
-    was lost).
-
-    Triggers on the job table keep it (install_job_triggers), so the counts are
-    right whichever process changed a job, /metrics never counts a table of a
-    million rows, and pruning old jobs leaves the counts alone.
-    """
-
-    function = CharField()
-    status = CharField()
-    count = IntegerField(default=0)
-
-    class Meta:
-        table_name = "job_count"
-        primary_key = CompositeKey("function", "status")
-
-
-class JobDuration(BaseModel):
-    """Run times of finished jobs per function as histogram buckets: `le` is
-    the bucket's upper bound in seconds ("+Inf" last); counts are per bucket,
-    not cumulative; `total` is the sum of the bucket's durations in seconds."""
-
-    function = CharField()
-    le = CharField()
-    count = IntegerField(default=0)
-    total = FloatField(default=0.0)
-
-    class Meta:
-        table_name = "job_duration"
-        primary_key = CompositeKey("function", "le")
-
-    @classmethod
-    def histograms(cls):
-        """{function: ([(le, cumulative count)] ending with "+Inf", sum of seconds)}."""
-        rows = {}
-        for row in cls.select():
-            rows.setdefault(row.function, {})[row.le] = row
-        histograms = {}
-        for function, buckets in sorted(rows.items()):
-            running, total, cumulative = 0, 0.0, []
-            for le in [repr(b) for b in DURATION_BUCKETS] + ["+Inf"]:
-                if le in buckets:
-                    running += buckets[le].count
-                    total += buckets[le].total
-                cumulative.append((le, running))
-            histograms[function] = (cumulative, total)
-        return histograms
-
-
-def _job_trigger_statements(postgres):
-    """The SQL that counts job events into job_count and job_duration."""
-    terminal = ", ".join(f"'{status}'" for status in TERMINAL)
-    bucket = " ".join(f"WHEN NEW.duration_ms <= {le * 1000!r} THEN '{le!r}'" for le in DURATION_BUCKETS)
-
-    def count(event):
-        return (
-            f'INSERT INTO "job_count" ("function", "status", "count") VALUES (NEW."name", {event}, 1) '
-            'ON CONFLICT ("function", "status") DO UPDATE SET "count" = "job_count"."count" + 1;'
-        )
-
-    duration = (
-        'INSERT INTO "job_duration" ("function", "le", "count", "total") '
-        f"SELECT NEW.\"name\", CASE {bucket} ELSE '+Inf' END, 1, NEW.\"duration_ms\" / 1000.0 "
-        'WHERE NEW."duration_ms" IS NOT NULL '
-        'ON CONFLICT ("function", "le") DO UPDATE SET "count" = "job_duration"."count" + 1, '
-        '"total" = "job_duration"."total" + EXCLUDED."total";'
-    )
-    finished = f"NEW.status IN ({terminal}) AND OLD.status NOT IN ({terminal})"
-    retried = "NEW.status = 'retrying' AND OLD.status <> 'retrying'"
-    recovered = "NEW.recoveries > OLD.recoveries"
-    if not postgres:
-        # Named with a version: changing the SQL means new names (and dropping the old ones).
-        return [
-            f"CREATE TRIGGER IF NOT EXISTS job_counted_v1_insert AFTER INSERT ON job BEGIN {count(repr('enqueued'))} END",
-            f"CREATE TRIGGER IF NOT EXISTS job_counted_v1_finish AFTER UPDATE OF status ON job WHEN {finished} "
-            f"BEGIN {count('NEW.status')} {duration} END",
-            f"CREATE TRIGGER IF NOT EXISTS job_counted_v1_retry AFTER UPDATE OF status ON job WHEN {retried} "
-            f"BEGIN {count(repr('retried'))} END",
-            f"CREATE TRIGGER IF NOT EXISTS job_counted_v1_recover AFTER UPDATE OF recoveries ON job WHEN {recovered} "
-            f"BEGIN {count(repr('recovered'))} END",
-        ]
-    body = (
-        f"IF TG_OP = 'INSERT' THEN {count(repr('enqueued'))} RETURN NULL; END IF; "
-        f"IF {finished} THEN {count('NEW.status')} {duration} "
-        f"ELSIF {retried} THEN {count(repr('retried'))} END IF; "
-        f"IF {recovered} THEN {count(repr('recovered'))} END IF; "
-        "RETURN NULL;"
-    )
-    return [
-        # Serialises processes that start at once, so only one of them creates the trigger.
-        "SELECT pg_advisory_xact_lock(4242001)",
-        f"CREATE OR REPLACE FUNCTION litejobs_count_job_v1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} END $$",
-        "CREATE OR REPLACE TRIGGER job_counted_v1 AFTER INSERT OR UPDATE OF status, recoveries ON job "
-        "FOR EACH ROW EXECUTE FUNCTION litejobs_count_job_v1()",
-    ]
-
-
-def install_job_triggers():
-    """Create the triggers that keep JobCount and JobDuration; safe at every start."""
-    postgres = not isinstance(db.obj, SqliteDatabase)
-    with db.atomic():
-        for statement in _job_trigger_statements(postgres):
-            db.execute_sql(statement)
-
-
-# -- Writing many rows ---------------------------------------------------------------
-def bulk_insert(model, fields, rows, size=1000):
-    """Insert `rows` (tuples in the order of `fields`) a chunk per statement; call it inside db.atomic().
-
-    One prepared INSERT run with executemany: peewee takes ten times longer to
-    build a 1,000-row insert_many than the database takes to run it (demo-data
-    writes a million rows).
-    """
-    # Defaults live in Python (peewee's), so the statement carries them.
-    given = {field.name for field in fields}
-    defaults = [f for f in model._meta.sorted_fields if f.name not in given and not f.primary_key and f.default is not None]
-    extra = tuple(f.default() if callable(f.default) else f.default for f in defaults)
-    columns = ", ".join(f'"{field.column_name}"' for field in [*fields, *defaults])
-    sql = f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES ({", ".join([db.param] * (len(fields) + len(extra)))})'
-    for chunk in chunked(rows, size):
-        db.cursor().executemany(sql, [(*row, *extra) for row in chunk])
-
-
 # Each migration takes a SchemaMigrator; append, never edit or reorder.
 MIGRATIONS = [
     # 1: concurrency limits count running jobs instead of keeping a table of places.
@@ -1141,19 +668,6 @@ MIGRATIONS = [
     # 5: schedules added and edited at run time, and the log of their changes.
     lambda migrator: create_tables_once(migrator, [StoredSchedule, ScheduleChange]),
 ]
-
-
-def add_column_once(migrator, table, name, field):
-    """The operations adding column `name` to `table`, or none when it is there already."""
-    if name in {column.name for column in migrator.database.get_columns(table)}:
-        return []
-    return [migrator.add_column(table, name, field)]
-
-
-def create_tables_once(migrator, tables):
-    """Create `tables` where missing; no operations for the migrator to run."""
-    migrator.database.create_tables(tables, safe=True)
-    return []
 
 
 def create_tables():
@@ -1171,31 +685,3 @@ def create_tables():
             with db.atomic():
                 migrate(*step(migrator))
                 SchemaVersion.create(version=number)
-
-
-def check_database():
-    """Raise OperationalError when the database cannot answer a trivial query."""
-    db.execute_sql("SELECT 1")
-
-
-def checkpoint():
-    """Copy what the SQLite WAL holds into the database file without blocking
-    readers or writers (a PASSIVE checkpoint); nothing on PostgreSQL."""
-    if isinstance(db.obj, SqliteDatabase):
-        db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-def close_all_connections():
-    """Close every database connection of this process, pooled ones too.
-
-    Called before forking worker processes: SQLite forbids using a connection
-    opened before a fork in the child, and a pooled PostgreSQL socket shared by
-    two processes mixes their replies.
-    """
-    if isinstance(db.obj, PooledDatabase):
-        db.obj.close_all()
-    else:
-        db.close()
-
-
-db.initialize(open_database(settings.DATABASE_URL))

@@ -4,7 +4,7 @@ A run holds its job by a claim (models.Job.mark_running): a token that every
 later write of the run names, and a lease by the database's clock that a
 keeper thread renews every HEARTBEAT_INTERVAL while the run goes on. A lease
 that lapses — the process froze or died, the thread that ran the job is gone,
-the outcome could not be written — lets the reaper (jobs.reap) or a second
+the outcome could not be written — lets the reaper (consumer.reap) or a second
 message take the job over; the old run then finds its claim gone at its next
 `progress()` and writes nothing more.
 

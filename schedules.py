@@ -19,6 +19,7 @@ from huey import consumer as huey_consumer
 from huey import crontab
 
 import hooks
+import consumer
 import jobs
 import runs
 import models
@@ -363,4 +364,4 @@ class Scheduler(huey_consumer.Scheduler):
         return started
 
 
-jobs.use_scheduler(Scheduler)
+consumer.use_scheduler(Scheduler)

@@ -40,6 +40,7 @@ import dashboard
 import health
 import joblog
 import jobs
+import loader
 import logconfig
 import metrics
 import models
@@ -360,7 +361,7 @@ def metrics_page():
 @api("/api/v1/openapi.json", public=True)
 def openapi_document():
     """The OpenAPI 3 description of this API."""
-    return openapi.document(jobs.loaded_apps(), jobs.public_functions())
+    return openapi.document(loader.loaded_apps(), jobs.public_functions())
 
 
 # The HTML dashboard (dashboard.py, schedule_pages.py): its routes run under this app's hooks.
@@ -369,15 +370,15 @@ app.merge(schedule_pages.pages)
 
 
 def mount_apps():
-    """Add the routes, pages and menu entries of every loaded app (jobs.load_apps)."""
-    for loaded in jobs.loaded_apps():
+    """Add the routes, pages and menu entries of every loaded app (loader.load_apps)."""
+    for loaded in loader.loaded_apps():
         for routes in (loaded.api, loaded.pages):
             if routes is not None:
                 app.merge(routes)
         dashboard.NAV.extend(loaded.nav)
 
 
-jobs.load_apps()
+loader.load_apps()
 mount_apps()
 
 
@@ -391,7 +392,7 @@ def prepare():
     settings.ensure_dir(settings.DATA_DIR, "DATA_DIR")
     preflight.check_services(jobs.check_queue)
     try:
-        schema.upgrade(jobs.loaded_apps())
+        schema.upgrade(loader.loaded_apps())
     except Exception as exc:  # a migration that cannot run: one line, not a traceback
         sys.exit(f"litejobs: cannot start: migrating the database failed: {type(exc).__name__}: {exc}")
 
@@ -504,7 +505,7 @@ def main(argv=None):
         command = [sys.executable, str(settings.BASE_DIR / "web.py"), "run", "--stop-on-stdin-eof"]
         command += ["--no-consumer"] if args.no_consumer else []
         folders = {settings.BASE_DIR / "apps", settings.FUNCTIONS_DIR}
-        folders |= {Path(loaded.source.__file__).parent for loaded in jobs.loaded_apps() if loaded.source}
+        folders |= {Path(loaded.source.__file__).parent for loaded in loader.loaded_apps() if loaded.source}
         folders = {f for f in folders if not any(other in f.parents for other in folders)}  # no folder twice
         logger.info("reloading on changes under %s", ", ".join(sorted(map(str, folders))))
         sys.exit(reloader.run(command, sorted(folders), timeout=settings.SHUTDOWN_TIMEOUT + 10))
@@ -532,9 +533,9 @@ def main(argv=None):
     elif args.command == "migrate":
         settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
         if not args.status:
-            for name, number in schema.upgrade(jobs.loaded_apps()).items():
+            for name, number in schema.upgrade(loader.loaded_apps()).items():
                 print(f"{name}: migrated to version {number}")
-        for name, version, newest in schema.status(jobs.loaded_apps()):
+        for name, version, newest in schema.status(loader.loaded_apps()):
             shown = "not yet created" if version is None else f"version {version}"
             print(f"{name}: {shown} of {newest}" + ("" if version == newest else "  (pending: python web.py migrate)"))
     elif args.command == "backup":

@@ -10,6 +10,8 @@ import pytest
 from helpers import RunningConsumer, assert_error, wait_until
 
 import fault_tasks  # noqa: F401 - registers probe in this process
+import consumer as consumer_module
+from consumer import reap, requeue_lost
 import jobs
 import models
 import runs
@@ -172,10 +174,10 @@ def test_lapsed_lease_on_a_live_consumer_is_recovered(monkeypatch):
     job = jobs.enqueue("ping")
     jobs.huey.dequeue()  # the live consumer took the message ...
     assert Job.mark_running(job.id, "live:1:t", "live", lease_seconds=0.2)  # ... and claimed the job
-    assert jobs.reap() == 0, "the lease is live"
+    assert reap() == 0, "the lease is live"
     time.sleep(0.3)
     Worker.beat("live")
-    assert jobs.reap() == 1
+    assert reap() == 1
     row = Job.get_by_id(job.id)
     assert (row.status, row.claim, row.recoveries) == ("queued", None, 1)
     jobs.huey.execute(jobs.huey.dequeue())
@@ -191,7 +193,7 @@ def test_heartbeat_renews_the_leases_of_running_jobs(tmp_path, monkeypatch):
         wait_until(lambda: Job.get_by_id(job.id).status == "running", timeout=10, message="running")
         first = Job.get_by_id(job.id).lease_until
         time.sleep(1.3)  # longer than the lease: only renewals keep it
-        assert jobs.reap() == 0
+        assert reap() == 0
         assert Job.get_by_id(job.id).lease_until > first
         wait_until(lambda: Job.get_by_id(job.id).status == "succeeded", timeout=10, message="finished")
     finally:
@@ -206,11 +208,12 @@ def test_a_consumer_clock_behind_does_not_make_it_look_dead(client, monkeypatch)
         behind = lambda: datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(seconds=90)  # noqa: E731
         monkeypatch.setattr(models, "utcnow", behind)
         monkeypatch.setattr(jobs, "utcnow", behind)
+        monkeypatch.setattr(consumer_module, "utcnow", behind)
         consumer.consumer._heartbeat()
         job = jobs.enqueue("probe", n=5, seconds=0.3)
         workers = client.get("/api/v1/workers").json["workers"]
         assert [w["alive"] for w in workers] == [True]
-        assert jobs.reap() == 0
+        assert reap() == 0
         wait_until(lambda: Job.get_by_id(job.id).status == "succeeded", timeout=10, message="finished")
         assert Job.get_by_id(job.id).recoveries == 0
     finally:
@@ -218,20 +221,20 @@ def test_a_consumer_clock_behind_does_not_make_it_look_dead(client, monkeypatch)
 
 
 def test_requeue_lost_pages_through_every_waiting_row(monkeypatch):
-    monkeypatch.setattr(jobs, "REQUEUE_PAGE", 50)
+    monkeypatch.setattr(consumer_module, "REQUEUE_PAGE", 50)
     old = models.utcnow() - datetime.timedelta(hours=1)
     ids = jobs.submit_many("ping", [{}] * 180)
     Job.update(enqueued_at=old).where(Job.id.in_(ids)).execute()
     jobs.huey.flush()  # every message lost
-    assert jobs.requeue_lost() == 0  # first look: suspects
-    assert jobs.requeue_lost() == 180
+    assert requeue_lost() == 0  # first look: suspects
+    assert requeue_lost() == 180
     assert jobs.huey.pending_count() == 180
 
 
 def test_stale_pending_rows_are_removed_by_the_reaper():
     Job.record(id="left", name="ping", status="pending", enqueued_at=models.utcnow() - datetime.timedelta(hours=1))
     Job.record(id="fresh", name="ping", status="pending")
-    jobs.requeue_lost()
+    requeue_lost()
     assert [job.id for job in Job.select()] == ["fresh"]
 
 
@@ -292,7 +295,7 @@ def test_a_run_whose_thread_is_gone_stops_being_renewed_and_is_recovered(monkeyp
         assert runs.held.holds(job.id) and job.id not in runs.held.claims()
         time.sleep(0.4)
         runs.held.renew()
-        assert jobs.reap() == 1
+        assert reap() == 1
     finally:
         runs.held.release(job.id)
     assert Job.get_by_id(job.id).status == "queued"

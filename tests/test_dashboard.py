@@ -14,6 +14,7 @@ from apps.content import pages as content_pages
 from apps.courses import models as courses
 import dashboard
 import jobs
+import loader
 import models
 from apps.orders import models as orders
 from apps.orders.tasks import place_order
@@ -670,10 +671,10 @@ def broken_functions(tmp_path):
     folder = tmp_path / "functions"
     folder.mkdir()
     (folder / "syntax.py").write_text("from litejobs import task\n\ndef oops(:\n    pass\n")
-    known = len(jobs.LOAD_ERRORS)
-    assert jobs.load_functions(folder) == []
+    known = len(loader.LOAD_ERRORS)
+    assert loader.load_functions(folder) == []
     yield folder / "syntax.py"
-    del jobs.LOAD_ERRORS[known:]
+    del loader.LOAD_ERRORS[known:]
 
 
 def test_functions_that_did_not_load_are_shown_on_every_page(logged_in, broken_functions):

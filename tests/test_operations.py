@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import api
 import jobs
+import loader
 import limits
 import models
 import openapi
@@ -358,7 +359,7 @@ def test_metrics_still_answer_when_the_database_is_unreachable(anonymous, tmp_pa
 # -- OpenAPI -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def document():
-    return openapi.document(jobs.loaded_apps())
+    return openapi.document(loader.loaded_apps())
 
 
 def template_of(rule):

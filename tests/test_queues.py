@@ -8,6 +8,7 @@ import time
 import pytest
 from helpers import ROOT, RunningConsumer, wait_until, base_env, registered_tasks
 
+from consumer import reap
 import jobs
 import settings
 import models
@@ -141,7 +142,7 @@ def test_place_of_a_dead_consumer_is_freed_by_the_reaper():
     job = jobs.enqueue("full_sync", n=1, seconds=0)
     jobs.huey.execute(jobs.huey.dequeue())
     assert Job.get_by_id(job.id).status == "queued", "both places are held by the dead consumer's jobs"
-    assert jobs.reap() == 2
+    assert reap() == 2
     while jobs.huey.pending_count():
         jobs.huey.execute(jobs.huey.dequeue())
     assert [Job.get_by_id(i).status for i in [job.id, *lost]] == ["succeeded"] * 3

@@ -13,6 +13,7 @@ import pytest
 from peewee import SqliteDatabase
 
 import jobs
+import loader
 import models
 import schedules
 import schema
@@ -274,14 +275,14 @@ def test_an_existing_database_gets_the_new_tables_by_migration(tmp_path):
     database = models.open_database(f"sqlite:///{tmp_path / 'old.db'}")
     models.db.initialize(database)
     try:
-        schema.upgrade(jobs.loaded_apps())
+        schema.upgrade(loader.loaded_apps())
         database.drop_tables([StoredSchedule, ScheduleChange])
         models.SchemaVersion.delete().execute()
         models.SchemaVersion.create(version=2)  # as left by the release before these tables
-        assert {name: v for name, v, _ in schema.status(jobs.loaded_apps())}["engine"] == 2
-        schema.upgrade(jobs.loaded_apps())
+        assert {name: v for name, v, _ in schema.status(loader.loaded_apps())}["engine"] == 2
+        schema.upgrade(loader.loaded_apps())
         assert {"storedschedule", "schedulechange"} <= set(database.get_tables())
-        assert {name: v for name, v, _ in schema.status(jobs.loaded_apps())}["engine"] == len(models.MIGRATIONS)
+        assert {name: v for name, v, _ in schema.status(loader.loaded_apps())}["engine"] == len(models.MIGRATIONS)
         assert isinstance(database, SqliteDatabase)
     finally:
         database.close()

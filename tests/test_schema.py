@@ -10,7 +10,7 @@ import pytest
 from peewee import CharField, IntegerField, TextField
 
 import hooks
-import jobs
+import loader
 import models
 import schema
 from helpers import ROOT, cli_env
@@ -61,7 +61,7 @@ def test_a_database_from_before_apps_upgrades_with_every_row_kept(tmp_path):
     database = models.open_database(f"sqlite:///{path}")
     models.db.initialize(database)
     try:
-        schema.upgrade(jobs.loaded_apps())
+        schema.upgrade(loader.loaded_apps())
         for table, count in before.items():
             now = models.db.execute_sql(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
             added = len(models.MIGRATIONS) - 1 if table == "schemaversion" else 0  # one row per migration applied
@@ -75,7 +75,7 @@ def test_a_database_from_before_apps_upgrades_with_every_row_kept(tmp_path):
                 read += 1
         assert read >= len(before)
         assert models.Worker.get().apps == ""  # the column the upgrade added, with its default
-        assert {name: version for name, version, _ in schema.status(jobs.loaded_apps())}["engine"] == len(models.MIGRATIONS)
+        assert {name: version for name, version, _ in schema.status(loader.loaded_apps())}["engine"] == len(models.MIGRATIONS)
     finally:
         database.close()
     # The command line says the same.

@@ -8,7 +8,7 @@ documented, its body and headers must match the document
 generation mode: valid, then invalid requests) so the whole run stays well under a minute and a half. No
 consumer runs: jobs just stay queued.
 
-One pytest item per operation (listed from openapi.document(jobs.loaded_apps()) at collection);
+One pytest item per operation (listed from openapi.document(loader.loaded_apps()) at collection);
 each item loads the schema from the served URL and drives Hypothesis itself,
 so the function-scoped `api_key` and `fresh_storage` fixtures work as usual.
 """
@@ -21,13 +21,14 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 import jobs
+import loader
 import openapi
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 OPERATIONS = [
     (method.upper(), path)
-    for path, item in openapi.document(jobs.loaded_apps())["paths"].items()
+    for path, item in openapi.document(loader.loaded_apps())["paths"].items()
     for method in item
     if method in METHODS
 ]
@@ -38,7 +39,7 @@ OPERATIONS = [
 # Operations with no parameters and no body have no invalid request to generate.
 HAS_INPUT = {
     (method.upper(), path)
-    for path, item in openapi.document(jobs.loaded_apps())["paths"].items()
+    for path, item in openapi.document(loader.loaded_apps())["paths"].items()
     for method, op in item.items()
     if method in METHODS and (op.get("parameters") or item.get("parameters") or op.get("requestBody"))
 }

@@ -1,0 +1,290 @@
+"""litejobs consumer: huey's consumer with a Worker row, heartbeats, the reaper and a graceful stop.
+
+Consumer, its QueueWorker and the watcher of a SQLite queue file; reap() and
+requeue_lost(), which run again the jobs of consumers that died or whose
+queue message vanished; the refusal of unpatched greenlet workers. This module
+sits above jobs.py: `LitejobsHuey.create_consumer` imports it by name (as
+loader.ENGINE_EXTENSIONS are), so `huey_consumer jobs.huey` still works.
+The consumer's id is kept in jobs.CONSUMER_ID, where the job hooks read it.
+"""
+
+import datetime
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+
+from huey import consumer as huey_consumer
+from huey.storage import SqliteStorage
+from peewee import PeeweeException
+
+import backup
+import disk
+import hooks
+import jobs
+import logconfig
+import preflight
+import runs
+import settings
+from jobs import APPS, FUNCTIONS, _enqueue, _wake, check_queue, huey
+from models import WAITING, Job, Worker, close_all_connections, db_time, utcnow
+
+logger = logging.getLogger("litejobs.jobs")  # the name it logged under inside jobs.py: log filters keep working
+
+
+
+def reap(now=None):
+    """Run again the jobs whose run's lease lapsed; returns how many.
+
+    A lease lapses by the database's clock when its holder stops renewing it:
+    the consumer died or froze, the thread running the job is gone, or the
+    outcome could not be written. Safe with several consumers reaping at once:
+    each job is taken by an UPDATE conditional on the same claim and a lapsed
+    lease, and only the one that changed the row enqueues it.
+    """
+    alive = [w.id for w in Worker.alive()]
+    # Read in full before writing: an UPDATE on a connection still stepping through
+    # a SELECT fails at once ("database is locked") when another writer got in between.
+    orphans = list(Job.lapsed(alive))
+    recovered = 0
+    for job in orphans:
+        claim = (Job.id == job.id) & (Job.status == "running")
+        claim &= Job.claim.is_null() if job.claim is None else (Job.claim == job.claim)
+        claim &= Job.lease_until.is_null() | (Job.lease_until < db_time())
+        lost = f"worker lost: the run on {job.consumer_id} stopped renewing its lease"
+        if job.recoveries >= settings.MAX_RECOVERIES or job.name not in FUNCTIONS:
+            if Job.update(status="failed", error=lost, finished_at=utcnow()).where(claim).execute():
+                hooks.job_finished.send(job.id, job.name, "failed")
+            continue
+        update = Job.update(status="queued", consumer_id=None, claim=None, lease_until=None, error=lost, recoveries=Job.recoveries + 1)
+        if update.where(claim).execute():
+            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority)
+            logger.warning("job %s (%s): %s; running it again", job.id, job.name, lost)
+            recovered += 1
+    return recovered + requeue_lost(now)
+
+
+_suspects = set()  # waiting jobs whose message was missing at the last look
+REQUEUE_PAGE = 1000
+
+
+def requeue_lost(now=None):
+    """Enqueue again waiting jobs whose queue message vanished; returns how many.
+
+    huey deletes a message when a worker takes it, so a consumer killed between
+    taking a message and marking its job running loses it. A waiting job older
+    than HEARTBEAT_TIMEOUT whose message is in neither the queue nor the
+    schedule at two looks in a row (a heartbeat apart) is enqueued again. The
+    rows are read a page at a time, all of them. Rows left `pending` that long
+    belong to enqueues answered with an error: they are removed.
+    """
+    global _suspects
+    cutoff = (now or utcnow()) - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
+    Job.delete().where((Job.status == "pending") & (Job.enqueued_at < cutoff)).execute()
+    waiting = Job.select().where(Job.status.in_(WAITING) & (Job.enqueued_at < cutoff))
+    if not waiting.exists():
+        _suspects = set()
+        return 0
+    present = {message.id for message in huey.pending()} | {message.id for message in huey.scheduled()}
+    missing = []
+    page = list(waiting.order_by(Job.enqueued_at, Job.id).limit(REQUEUE_PAGE))
+    while page:
+        missing.extend(job for job in page if job.id not in present)
+        last = page[-1]
+        after = (Job.enqueued_at > last.enqueued_at) | ((Job.enqueued_at == last.enqueued_at) & (Job.id > last.id))
+        page = list(waiting.where(after).order_by(Job.enqueued_at, Job.id).limit(REQUEUE_PAGE)) if len(page) == REQUEUE_PAGE else []
+    requeued = 0
+    for job in missing:
+        if job.id not in _suspects or job.name not in FUNCTIONS:
+            continue
+        claim = (Job.id == job.id) & (Job.status == job.status) & (Job.recoveries == job.recoveries)
+        error = "queue message lost with a consumer; enqueued again"
+        if Job.update(recoveries=Job.recoveries + 1, error=error).where(claim).execute():
+            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, eta=job.scheduled_for, priority=job.priority)
+            logger.warning("job %s (%s): %s", job.id, job.name, error)
+            requeued += 1
+    _suspects = {job.id for job in missing}
+    return requeued
+
+
+def _log_to_stderr():
+    """huey_consumer sets up only huey's logger: log the rest to stderr too, each logger at its level."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(logconfig.FORMAT))
+        root.addHandler(handler)
+        # huey_consumer gave huey's logger a handler of its own: one line per event, not two.
+        logging.getLogger("huey").propagate = not logging.getLogger("huey").handlers
+    logconfig.set_levels()
+
+
+class QueueWorker(huey_consumer.Worker):
+    """A worker that an in-process enqueue wakes at once instead of after its poll delay."""
+
+    def sleep(self):
+        if self.delay > self.max_delay:
+            self.delay = self.max_delay
+        if _wake.wait(self.delay):
+            _wake.clear()
+        self.delay *= self.backoff
+
+
+WATCHED_POLL_DELAY = 1.0  # idle workers' own polls, when a queue watcher wakes them
+
+
+def watch_queue_file(path, stop_flag, interval=0.025):
+    """Wake idle workers as soon as another process writes the SQLite queue file.
+
+    A standalone consumer cannot hear the web process enqueue, and polling the
+    queue every few ms costs a query per worker each time. Instead one thread
+    looks at the size and mtime of the queue's WAL file (an os.stat, a few µs)
+    and sets `_wake` when they change: pickup in ~12 ms instead of up to
+    POLL_MAX_DELAY, for under 1% of a core (bench/latency.py, issue 7; each
+    timed wake-up of a thread costs ~60 µs of CPU here, so one watcher at 40 Hz
+    beats every worker polling at 10 Hz). Workers still poll, every
+    WATCHED_POLL_DELAY, so a change the watcher missed costs only time.
+    """
+    wal = f"{path}-wal"
+    last = None
+    while not stop_flag.is_set():
+        try:
+            info = os.stat(wal)
+        except OSError:  # not in WAL mode (yet): the file itself changes
+            info = os.stat(path) if os.path.exists(path) else None
+        seen = info and (info.st_mtime_ns, info.st_size)
+        if seen != last:
+            last = seen
+            _wake.set()
+        stop_flag.wait(interval)
+
+
+def _refuse_unpatched_greenlets():
+    """Exit at once, naming the command that works, when gevent did not patch before the imports.
+
+    Unpatched, greenlet workers share one database connection, block each
+    other, and cannot be stopped by a signal.
+    """
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading") and monkey.is_module_patched("socket"):
+        return
+    import shlex
+
+    command = shlex.join([sys.executable, "-m", "gevent.monkey", "--module", "huey.bin.huey_consumer", *sys.argv[1:]])
+    sys.exit(f"litejobs: greenlet workers need gevent's patch before anything is imported; run: {command}")
+
+
+class Consumer(huey_consumer.Consumer):
+    """huey's consumer plus a Worker row, heartbeats, the reaper and graceful SIGTERM."""
+
+    worker_class = QueueWorker
+
+    # schedules.py, above this module, puts its minute-ticking Scheduler here (use_scheduler).
+    scheduler_class = huey_consumer.Scheduler
+
+    def __init__(self, huey_instance, embedded=False, **options):
+        if options.get("worker_type") == "greenlet":
+            _refuse_unpatched_greenlets()
+        # RUN_SCHEDULES=0 (or huey_consumer -n) makes a consumer that only runs jobs.
+        options["periodic"] = options.get("periodic", True) and settings.RUN_SCHEDULES
+        # An idle SQLite consumer would otherwise back off to 10 s between polls.
+        options["max_delay"] = min(options.get("max_delay", 10.0), settings.POLL_MAX_DELAY)
+        options["initial_delay"] = min(options.get("initial_delay", 0.1), settings.POLL_MAX_DELAY)
+        if options.get("shutdown_timeout") is None:
+            options["shutdown_timeout"] = settings.SHUTDOWN_TIMEOUT
+        super().__init__(huey_instance, **options)
+        self.embedded = embedded
+        # SIGTERM (systemd, kill) finishes running jobs like Ctrl-C does.
+        self._signal_actions[signal.SIGTERM] = (False, True)
+        # The main thread only waits for a stop signal and runs health checks and
+        # heartbeats; waking it twice a second instead of huey's ten times saves
+        # ~0.1% of a core while idle (bench/latency.py, issue 7).
+        self._stop_flag_timeout = 0.5
+        self._next_beat = 0.0
+
+    @property
+    def kind(self):
+        from gevent import monkey
+
+        if self.worker_type == "thread" and monkey.is_module_patched("threading"):
+            return "greenlet"
+        return self.worker_type
+
+    def start(self):
+        if not self.embedded:
+            _log_to_stderr()
+        jobs.CONSUMER_ID = f"{settings.HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # A consumer may be the first process to meet a new database.
+        preflight.check_services(check_queue)
+        Worker.create(
+            id=jobs.CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers,
+            apps=",".join(APPS),
+        )
+        self._heartbeat()
+        # Embedded in the web process, enqueues wake the workers in-process already;
+        # process workers have a `_wake` of their own that a watcher thread cannot set.
+        storage = self.huey.storage
+        watch = isinstance(storage, SqliteStorage) and not self.embedded and self.worker_type != "process"
+        if watch:
+            self.max_delay = max(self.max_delay, WATCHED_POLL_DELAY)
+            for worker, _ in self.worker_threads:
+                worker.max_delay = self.max_delay
+        self.running_lock = backup.running_lock()  # held while it runs: restore refuses meanwhile
+        hooks.consumer_starting.send(self)  # e.g. joblog keeps each job's logging and prints
+        if self.worker_type == "process":
+            close_all_connections()  # each forked worker opens its own
+        super().start()
+        if watch:
+            threading.Thread(
+                target=watch_queue_file, args=(storage.filename, self.stop_flag), name="QueueWatcher", daemon=True
+            ).start()
+
+    def request_stop(self):
+        """Stop gracefully, as Ctrl-C does, from any thread: the main loop sees it within half a second."""
+        self._restart, self._graceful, self._signum = False, True, signal.SIGINT
+
+    def _set_signal_handlers(self):
+        # Embedded in the web process, the server owns Ctrl-C and SIGTERM.
+        if not self.embedded:
+            super()._set_signal_handlers()
+
+    def _heartbeat(self):
+        self._next_beat = time.monotonic() + settings.HEARTBEAT_INTERVAL
+        try:
+            Worker.beat(jobs.CONSUMER_ID)
+            runs.database_outage.ok()
+        except Exception as exc:  # a database outage must not kill the consumer's main loop
+            runs.reset_connection()
+            runs.database_outage.failed(exc)
+            return
+        try:
+            reap()
+            disk.checkpoint_all(huey.storage)
+        except PeeweeException as exc:  # the database went away in between: the next beat tries again
+            runs.reset_connection()
+            runs.database_outage.failed(exc)
+        except Exception as exc:  # any queue driver error: logged once per outage, as the workers do
+            runs.queue_outage.failed(exc)
+
+    def loop(self, health_check_ts=None):
+        health_check_ts = super().loop(health_check_ts)
+        hooks.consumer_loop.send(self)  # e.g. stops: terminate requests and time limits of the jobs here
+        if time.monotonic() >= self._next_beat:
+            self._heartbeat()
+        return health_check_ts
+
+    def stop(self, graceful=False):
+        hooks.worker_stopping.send(jobs.CONSUMER_ID)
+        super().stop(graceful)
+        Worker.update(stopped_at=utcnow()).where(Worker.id == jobs.CONSUMER_ID).execute()
+        if getattr(self, "running_lock", None) is not None:
+            self.running_lock.close()
+
+
+def use_scheduler(scheduler_class):
+    """Make every consumer tick with `scheduler_class` (schedules.Scheduler registers itself)."""
+    Consumer.scheduler_class = scheduler_class
