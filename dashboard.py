@@ -19,6 +19,7 @@ from bottle import Bottle, HTTPResponse, abort, redirect, request, response, sta
 from peewee import PeeweeException, fn
 
 import charts
+import guard
 import jobs
 import settings
 from analytics import DailyAnalytics, Media, Post, TrendingSnapshot
@@ -100,9 +101,7 @@ def check_csrf(purpose):
 
 def _safe_next(target):
     """A local path to go to after login; anything else goes to the overview."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return "/"
+    return guard.safe_next(target)
 
 
 def page(path, method="GET"):
@@ -246,7 +245,7 @@ def login_form():
     """The login form; a logged-in user goes straight on."""
     if current_user() is not None:
         redirect(_safe_next(request.query.getunicode("next")), 303)
-    return render("login", title="Log in", error=None, email="", next=request.query.getunicode("next") or "/")
+    return render("login", title="Log in", error=None, email="", next=_safe_next(request.query.getunicode("next")))
 
 
 @pages.post("/login")
@@ -499,7 +498,9 @@ def convert(param, raw):
         except ValueError:
             raise jobs.ArgumentError(param.name, f"expected {param.type}, got {raw[:50]!r}") from None
     try:
-        return json.loads(raw)
+        return guard.loads(raw)
+    except guard.Refused as exc:
+        raise jobs.ArgumentError(param.name, exc.message) from None
     except ValueError:
         if param.type == "any":
             return raw  # plain text is a string

@@ -27,6 +27,7 @@ from huey.exceptions import CancelExecution, TaskTimeout
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException
 
+import guard
 import settings
 from models import TERMINAL, WAITING, WAL_CHECKPOINT_PAGES, Job, Worker, close_all_connections, create_tables, utcnow
 from models import ApiKey, LoginFailure, Token, User, bulk_insert, checkpoint, db, isoformat
@@ -173,6 +174,11 @@ class Param:
             raise ArgumentError(self.name, f"expected {self.type}, got {shown}")
         if self.type == "float":
             value = float(value)
+        # NaN passes every range check and stalls time.sleep under gevent: no argument may hold one.
+        where = guard.nonfinite_path(value, self.name)
+        if where is not None:
+            inside = "" if where == self.name else f" at {where}"
+            raise ArgumentError(self.name, f"not a finite number{inside} (NaN and Infinity are refused)")
         if self.bounds:
             low, high = self.bounds
             if (low is not None and value < low) or (high is not None and value > high):
@@ -483,7 +489,7 @@ def _record_enqueued(signal_name, message):
     Job.insert(
         id=message.id,
         name=message.name,
-        args=json.dumps(message.kwargs, default=str),
+        args=guard.dumps(message.kwargs, default=str),
         status="queued",
         queue=FUNCTIONS[message.name].queue if message.name in FUNCTIONS else "default",
         priority=message.priority or 0,
@@ -880,6 +886,8 @@ def echo(value: typing.Any):
 @task(public=True, bounds={"seconds": (0, 60)})
 def sleep(seconds: float) -> float:
     """Sleep `seconds` (at most 60), reporting progress each tenth; cancel stops it."""
+    if not 0 <= seconds <= 60:  # also NaN: a job enqueued past the API's checks must not stall a worker
+        raise JobError(f"seconds must be from 0 to 60, got {seconds}")
     steps = 10
     for step in range(steps):
         progress(step, steps, f"slept {seconds * step / steps:.1f} of {seconds:g} s")

@@ -44,6 +44,7 @@ from playhouse.db_url import connect as connect_url
 from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 from playhouse.migrate import SchemaMigrator, migrate
 
+import guard
 import settings
 
 logger = logging.getLogger("litejobs.models")
@@ -688,7 +689,7 @@ class Job(BaseModel):
             if isinstance(started_at, str):  # a bare column comes back as SQLite text
                 started_at = datetime.datetime.fromisoformat(started_at)
         duration = None if started_at is None else round((now - started_at).total_seconds() * 1000, 3)
-        result = None if result is None else json.dumps(result, default=str)
+        result = None if result is None else guard.dumps(result, default=str)  # NaN is no JSON: stored as null
         params = (status, result, error, traceback, now, duration, job_id, *TERMINAL)
         return cls._run(cls._MARK_FINISHED_SQL, params)
 

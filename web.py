@@ -26,6 +26,7 @@ from peewee import IntegrityError, PeeweeException
 import analytics
 import courses
 import dashboard
+import guard
 import jobs
 import limits
 import media
@@ -56,7 +57,7 @@ class ApiError(Exception):
 
 def json_response(status, body, headers=None):
     return HTTPResponse(
-        json.dumps(body, ensure_ascii=False),
+        guard.dumps(body, ensure_ascii=False),
         status=status,
         headers={"Content-Type": "application/json; charset=utf-8", **(headers or {})},
     )
@@ -84,7 +85,9 @@ def read_json():
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = guard.loads(raw.decode("utf-8"))
+    except guard.Refused as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
     except UnicodeDecodeError:
         raise ApiError(400, "bad_json", "body is not valid UTF-8") from None
     except ValueError as exc:
@@ -121,6 +124,8 @@ def api(path, method="GET", public=False):
                 result = handler(*args, **kwargs)
             except ApiError as exc:
                 return json_response(exc.status, error_body(exc.code, exc.message, exc.field), exc.headers)
+            except guard.Refused as exc:
+                return json_response(exc.status, error_body(exc.code, exc.message, exc.field))
             except jobs.ArgumentError as exc:
                 return json_response(422, error_body("invalid_argument", str(exc), exc.field))
             except jobs.Conflict as exc:
@@ -310,6 +315,35 @@ def get_job(job_id):
     if job is None:
         raise ApiError(404, "not_found", f"no job with id {job_id!r}")
     return job
+
+
+# -- Bodies: a cap per route, forms parsed before any handler -----------------------
+UPLOAD_PATH = re.compile(r"/api/v1/posts/[^/]+/media")
+
+
+def body_limit(path):
+    """The largest body a request to `path` may send: only the upload route takes UPLOAD_MAX_MB."""
+    if UPLOAD_PATH.fullmatch(path):
+        return settings.UPLOAD_MAX_MB * 1024 * 1024 + UPLOAD_OVERHEAD
+    if is_api_path(path) or path.startswith("/sandbox/"):
+        return settings.MAX_BODY_BYTES
+    return guard.FORM_MAX_BYTES  # dashboard forms and the login
+
+
+@app.hook("before_request")
+def check_body():
+    """Refuse a body over the route's cap before reading it; a malformed form is a 400, not a 500."""
+    try:
+        guard.cap_body(request.environ, body_limit(request.path))
+        if request.method == "POST" and not is_api_path(request.path) and not request.path.startswith("/sandbox/"):
+            guard.parse_form(request)
+    except guard.Refused as exc:
+        raise error_response(exc.status, exc.code, exc.message) from None
+
+
+@app.hook("after_request")
+def close_body_files():
+    guard.close_files(request.environ)
 
 
 # -- Connections and errors ------------------------------------------------------
@@ -540,8 +574,9 @@ def _uploaded_file():
         raise ApiError(422, "invalid_argument", "file: send the image as multipart/form-data in a field named file", "file")
     try:
         upload = request.files.get("file")
-    except MultipartError as exc:  # bottle's own is an HTML 400
-        raise ApiError(422, "invalid_argument", f"file: the multipart body is malformed ({exc.body})", "file") from None
+    except (MultipartError, ValueError) as exc:  # bottle's own is an HTML 400; a control character in a part header is a ValueError
+        detail = getattr(exc, "body", None) or str(exc)
+        raise ApiError(422, "invalid_argument", f"file: the multipart body is malformed ({str(detail)[:100]})", "file") from None
     if upload is None:
         raise ApiError(422, "invalid_argument", "file: missing; send the image in a multipart field named file", "file")
     return upload
