@@ -291,7 +291,7 @@ def finish_response():
     route = request.environ.get("bottle.route")
     # An exception still in flight here becomes bottle's 500 right after this hook.
     status = 500 if sys.exc_info()[1] is not None else response.status_code
-    metrics.count_request(route.rule if route else "(unmatched)", request.method, status)
+    metrics.count_request(route.rule if route else None, request.method, status)
 
 
 def add_security_headers():

@@ -103,12 +103,41 @@ def _non_public_kind(address):
     # ::ffff:127.0.0.1 reaches 127.0.0.1: judge the IPv4 address inside.
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip.version == 6:
+        # 6to4, Teredo, NAT64, ISATAP and the like carry an IPv4 address that a
+        # gateway may forward to: a private one inside makes the whole address private.
+        for inner in embedded_ipv4(ip):
+            kind = _non_public_kind(str(inner))
+            if kind:
+                return f"{kind} (inside {ip})"
     for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
     if not ip.is_global:  # e.g. 100.64.0.0/10, shared by carriers
         return "non-global"
     return None
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_IN_LOW_BITS = (
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated)
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
+)
+
+
+def embedded_ipv4(ip):
+    """The IPv4 addresses an IPv6 address carries (6to4, Teredo, NAT64, ISATAP, compatible forms)."""
+    found = []
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # (server, client)
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in net for net in _NAT64 + _IPV4_IN_LOW_BITS) and int(ip) > 0xFFFF:
+        found.append(low)
+    if (int(ip) >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP interface id: [02]00:5efe:a.b.c.d
+        found.append(low)
+    return found
 
 
 # -- Signatures ------------------------------------------------------------------
