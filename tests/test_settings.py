@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_python(code, tmp_path, **env):
     """Run `code` in a fresh interpreter in the project folder with only `env` set."""
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS or k == "ENV_FILE"}
     environ.update({"DATA_DIR": str(tmp_path / "data"), **env})
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
@@ -130,3 +130,25 @@ def test_unreachable_database_stops_with_a_clear_message(tmp_path):
     )
     assert result.returncode != 0
     assert "cannot start" in result.stderr and "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_suite_starts_from_the_defaults_whatever_the_shell_or_env_file_holds(tmp_path):
+    """A small test run under a shell and a `.env` that both set settings still sees the defaults."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_defaults.py").write_text(
+        "import settings\n"
+        "def test_defaults():\n"
+        "    assert settings.ORDER_FIRST_CHECK_DELAY == 60.0\n"
+        "    assert settings.PORT == 8000 and settings.WORKERS == 4 and settings.ENV == 'development'\n"
+    )
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("ORDER_FIRST_CHECK_DELAY=1\nPORT=9999\nWORKERS=1\n")
+    environ = dict(os.environ, ENV_FILE=str(env_file), ORDER_FIRST_CHECK_DELAY="1", PORT="9100", ENV="production")
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+    # `-p conftest` loads the suite's own conftest.py first, as it is for every test file.
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider", str(tmp_path / "tests" / "test_defaults.py")],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
