@@ -11,6 +11,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from urllib.parse import quote, urlencode
 
@@ -36,6 +37,7 @@ LOGIN_CSRF_COOKIE = "litejobs_login"
 PAGE_SIZE = 50
 
 pages = Bottle()
+logger = logging.getLogger("litejobs.dashboard")
 
 
 # Checked when the email is unknown, so a wrong email costs as long as a wrong password.
@@ -120,7 +122,9 @@ def page(path, method="GET"):
                     redirect("/login?" + urlencode({"next": target}), 303)
                 return handler(*args, **kwargs)
             except (PeeweeException, jobs.Unavailable) as exc:
-                message = f"The database or the queue is not answering ({exc}). Try again in a moment."
+                request_id = request.environ.get("litejobs.request_id", "")
+                logger.warning("request %s: unavailable: %s", request_id, exc)  # the driver's words stay in the log
+                message = f"The database or the queue is not answering (request id {request_id}). Try again in a moment."
                 raise error_page(503, message) from None
 
         pages.route(path, method, wrapper)

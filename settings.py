@@ -190,7 +190,10 @@ TRUSTED_HOSTS = _define(
 CORS_ORIGINS = _define(
     "CORS_ORIGINS", [], "origins whose browser pages may call /api/v1, e.g. https://app.example.com; * = any; empty = none", _list
 )
-METRICS_TOKEN = _define("METRICS_TOKEN", "", "bearer token that /metrics requires; empty: /metrics is open")
+METRICS_TOKEN = _define("METRICS_TOKEN", "", "bearer token that /metrics requires; empty: open (to loopback only when ENV=production)")
+METRICS_PUBLIC = _define(
+    "METRICS_PUBLIC", False, "1: with ENV=production and no METRICS_TOKEN, /metrics answers any address, not only loopback", _bool
+)
 
 # -- The consumer ------------------------------------------------------------
 WORKERS = _define("WORKERS", 4, "worker threads of the consumer embedded in `web.py run`", _int(1, 256))
@@ -236,6 +239,9 @@ JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in t
 # -- Orders and the provider -------------------------------------------------
 PROVIDER_URL = _define("PROVIDER_URL", "", "order provider base URL; empty: the built-in sandbox", _url("http", "https"))
 PROVIDER_TOKEN = _define("PROVIDER_TOKEN", "sandbox-token", "token sent to the provider in the X-Provider-Token header")
+SANDBOX = _define(
+    "SANDBOX", False, "1: mount the built-in sandbox provider at /sandbox with ENV=production (always on in development)", _bool
+)
 PROVIDER_TIMEOUT = _define("PROVIDER_TIMEOUT", 10.0, "seconds to wait for the provider", _float(0.1, 300))
 PROVIDER_CONNECT_TIMEOUT = _define(
     "PROVIDER_CONNECT_TIMEOUT", 5.0, "seconds to wait for a connection to the provider", _float(0.1, 300)
@@ -314,6 +320,11 @@ if ENV == "production" and (SECRET_KEY.lower() in _PLACEHOLDER_SECRETS or len(SE
     sys.exit(
         "litejobs: SECRET_KEY must be set to a random value of 32+ characters when ENV=production; "
         'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+    )
+if ENV == "production" and PROVIDER_TOKEN.lower() in _PLACEHOLDER_SECRETS | {"sandbox-token"}:
+    sys.exit(
+        "litejobs: PROVIDER_TOKEN must be set to the token your order provider gave you when ENV=production; "
+        "the default 'sandbox-token' is public"
     )
 if not SECRET_KEY:
     # Development only: a fixed per-checkout key keeps sessions across restarts.

@@ -13,6 +13,7 @@ if __name__ == "__main__":
 import argparse
 from html import escape
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -132,7 +133,9 @@ def api(path, method="GET", public=False):
                 return json_response(409, error_body("conflict", str(exc)))
             except (jobs.Unavailable, PeeweeException) as exc:
                 logger.warning("request %s: unavailable: %s", request_id(), exc)
-                return json_response(503, error_body("unavailable", str(exc)))
+                # The driver's words (hosts, users, paths) go to the log, not to a caller without a key.
+                message = str(exc) if current_key() is not None else f"database or queue unavailable; request id {request_id()}"
+                return json_response(503, error_body("unavailable", message))
             status, body = result if isinstance(result, tuple) else (200, result)
             if isinstance(body, HTTPResponse):
                 return body
@@ -756,7 +759,8 @@ def list_deliveries(webhook_id):
 # -- Orders ------------------------------------------------------------------------
 # The sandbox provider is its own WSGI app: its errors stay in the provider's JSON
 # shape, and it needs no API key (it checks the provider token instead).
-app.mount("/sandbox/", provider.sandbox.wsgi)
+if settings.ENV != "production" or settings.SANDBOX:
+    app.mount("/sandbox/", provider.sandbox.wsgi)
 
 
 def get_order(order_id):
@@ -897,7 +901,9 @@ def health_ready():
             check()
             checks[name] = {"status": "ok"}
         except Exception as exc:  # any driver error means "unreachable" here
-            checks[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+            # Anyone may call this: the driver's words go to the log only.
+            logger.warning("request %s: readiness: %s unreachable: %s: %s", request_id(), name, type(exc).__name__, exc)
+            checks[name] = {"status": "down", "error": f"unreachable ({type(exc).__name__}); request id {request_id()} in the log"}
     if checks["database"]["status"] == "ok":
         alive = Worker.alive().count()
         checks["consumer"] = {"status": "ok" if alive else "down", "alive": alive}
@@ -913,6 +919,9 @@ def health_ready():
 @api("/metrics", public=True)
 def metrics_page():
     """Prometheus metrics; with METRICS_TOKEN set, only for `Authorization: Bearer <token>`."""
+    if not settings.METRICS_TOKEN and settings.ENV == "production" and not settings.METRICS_PUBLIC:
+        if not _is_loopback(client_address()):
+            raise ApiError(403, "forbidden", "/metrics answers loopback only; set METRICS_TOKEN (or METRICS_PUBLIC=1)")
     if settings.METRICS_TOKEN:
         header = request.get_header("Authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else ""
@@ -921,6 +930,13 @@ def metrics_page():
                 401, "unauthorized", "send Authorization: Bearer <METRICS_TOKEN>", headers={"WWW-Authenticate": "Bearer"}
             )
     return HTTPResponse(metrics.render(), status=200, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+def _is_loopback(address):
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 @api("/api/v1/openapi.json", public=True)

@@ -32,3 +32,39 @@ def test_request_labels_stay_bounded_whatever_clients_send(anonymous):
 def test_known_methods_keep_their_names():
     metrics.count_request("/api/v1/jobs", "DELETE", 405)
     assert ("/api/v1/jobs", "DELETE", "405") in metrics._requests
+
+
+def test_metrics_answer_loopback_only_in_production(anonymous, monkeypatch):
+    import settings
+
+    monkeypatch.setattr(settings, "ENV", "production")
+    monkeypatch.setattr(settings, "METRICS_TOKEN", "")
+    monkeypatch.setattr(settings, "METRICS_PUBLIC", False)
+    assert anonymous.get("/metrics").status == 200  # the test server is reached over 127.0.0.1
+    # Through the trusted proxy on 127.0.0.1, for a client elsewhere:
+    remote = anonymous.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert remote.status == 403 and remote.json["error"]["code"] == "forbidden"
+    monkeypatch.setattr(settings, "METRICS_PUBLIC", True)
+    assert anonymous.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}).status == 200
+    monkeypatch.setattr(settings, "METRICS_PUBLIC", False)
+    monkeypatch.setattr(settings, "METRICS_TOKEN", "s3cret-token")
+    token = {"X-Forwarded-For": "203.0.113.9", "Authorization": "Bearer s3cret-token"}
+    assert anonymous.get("/metrics", headers=token).status == 200
+    monkeypatch.setattr(settings, "ENV", "development")
+    monkeypatch.setattr(settings, "METRICS_TOKEN", "")
+    assert anonymous.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}).status == 200
+
+
+def test_driver_text_stays_out_of_unauthenticated_answers(anonymous, tmp_path, caplog):
+    import models
+
+    secret_path = tmp_path / "no-such-dir" / "secret-name.db"
+    models.db.initialize(models.open_database(f"sqlite:///{secret_path}"))
+    ready = anonymous.get("/health/ready")
+    assert ready.status == 503
+    assert "secret-name" not in ready.text and "unable to open" not in ready.text.lower()
+    request_id = ready.headers["X-Request-Id"]
+    assert request_id in ready.text
+    assert any(request_id in record.getMessage() for record in caplog.records)
+    unauthenticated = anonymous.get("/api/v1/jobs", headers={"Authorization": "Bearer lj_whatever"})
+    assert unauthenticated.status == 503 and "unable to open" not in unauthenticated.text.lower()

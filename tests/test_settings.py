@@ -49,7 +49,9 @@ def test_production_refuses_placeholder_secret_key(tmp_path, secret):
 
 
 def test_production_accepts_a_real_secret_key(tmp_path):
-    result = run_python("import settings; print(settings.ENV)", tmp_path, ENV="production", SECRET_KEY="x" * 40)
+    result = run_python(
+        "import settings; print(settings.ENV)", tmp_path, ENV="production", SECRET_KEY="x" * 40, PROVIDER_TOKEN="t" * 24
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "production"
 
@@ -152,3 +154,34 @@ def test_the_suite_starts_from_the_defaults_whatever_the_shell_or_env_file_holds
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
+
+
+@pytest.mark.parametrize("token", [None, "sandbox-token", "change-me", "Sandbox-Token"])
+def test_production_refuses_the_default_provider_token(tmp_path, token):
+    env = {"ENV": "production", "SECRET_KEY": "x" * 40}
+    if token is not None:
+        env["PROVIDER_TOKEN"] = token
+    result = run_python("import settings", tmp_path, **env)
+    assert result.returncode != 0
+    assert "PROVIDER_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+ROUTES = "import web; print(sorted({r.rule.split('<')[0] for r in web.app.routes if r.rule.startswith('/sandbox')}))"
+
+
+@pytest.mark.parametrize(
+    ("env", "mounted"),
+    [
+        ({"ENV": "production"}, False),
+        ({"ENV": "production", "SANDBOX": "0"}, False),
+        ({"ENV": "production", "SANDBOX": "1"}, True),
+        ({}, True),  # development: always on
+        ({"SANDBOX": "0"}, True),
+    ],
+)
+def test_sandbox_is_mounted_in_production_only_when_asked(tmp_path, env, mounted):
+    if env.get("ENV") == "production":
+        env = {**env, "SECRET_KEY": "x" * 40, "PROVIDER_TOKEN": "t" * 24}
+    result = run_python(ROUTES, tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert ("/sandbox/" in result.stdout) is mounted, result.stdout
