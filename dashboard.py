@@ -252,6 +252,14 @@ def login_form():
     return render("login", title="Log in", error=None, email="", next=_safe_next(request.query.getunicode("next")))
 
 
+def throttle_keys(email, ip):
+    """The keys a failed login counts under: the account from this address, and the address.
+
+    Tied to the address, someone else's failures never lock an account's owner out.
+    """
+    return f"email:{email}|ip:{ip}", f"ip:{ip}"
+
+
 @pages.post("/login")
 def login():
     """Check email and password, start a session and go on; failures are throttled."""
@@ -260,9 +268,10 @@ def login():
     password = request.forms.getunicode("password") or ""
     target = _safe_next(request.forms.getunicode("next"))
     ip = request.environ.get("litejobs.client_address") or request.environ.get("REMOTE_ADDR", "")
+    account_key, address_key = throttle_keys(email, ip)
     wait = max(
-        LoginFailure.wait(f"email:{email}", settings.LOGIN_ATTEMPTS),
-        LoginFailure.wait(f"ip:{ip}", settings.LOGIN_ATTEMPTS * 4),
+        LoginFailure.wait(account_key, settings.LOGIN_ATTEMPTS),
+        LoginFailure.wait(address_key, settings.LOGIN_ATTEMPTS * 4),
     )
     if wait:
         response.set_header("Retry-After", str(wait))
@@ -276,9 +285,9 @@ def login():
     elif not user.check_password(password):
         user = None
     if user is None:
-        LoginFailure.record(f"email:{email}", f"ip:{ip}")
+        LoginFailure.record(account_key, address_key)
         return render("login", title="Log in", error="Wrong email or password.", email=email, next=target)
-    LoginFailure.clear(f"email:{email}")
+    LoginFailure.clear(account_key)
     lifetime = datetime.timedelta(hours=settings.SESSION_HOURS)
     _, plain = Token.issue(user, "session", lifetime)
     _set_cookie(SESSION_COOKIE, f"{plain}.{_sign('session', plain)}", int(lifetime.total_seconds()))

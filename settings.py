@@ -166,7 +166,7 @@ SESSION_HOURS = _define("SESSION_HOURS", 12.0, "hours a dashboard login lasts", 
 LOGIN_ATTEMPTS = _define(
     "LOGIN_ATTEMPTS",
     5,
-    "failed dashboard logins per email in 15 minutes before it waits (an IP address gets 4 times as many)",
+    "failed dashboard logins per email and client address in 15 minutes before they wait (an address gets 4 times as many over all emails)",
     _int(1, 10000),
 )
 
