@@ -107,7 +107,8 @@ def _safe_next(target):
 
 
 def page(path, method="GET"):
-    """Route a dashboard page: a session is required, and POSTs need their CSRF token."""
+    """Route a dashboard page: a session is required, POSTs need their CSRF token,
+    and only admins may POST (run, retry, cancel, pause, order): viewers read."""
 
     def decorator(handler):
         @functools.wraps(handler)
@@ -120,6 +121,8 @@ def page(path, method="GET"):
                     if request.query_string and request.method == "GET":
                         target += "?" + request.query_string
                     redirect("/login?" + urlencode({"next": target}), 303)
+                if request.method == "POST" and not current_user().is_admin:
+                    raise error_page(403, "Viewers can look but not act: ask an admin to do this (python web.py create-user EMAIL --admin).")
                 return handler(*args, **kwargs)
             except (PeeweeException, jobs.Unavailable) as exc:
                 request_id = request.environ.get("litejobs.request_id", "")

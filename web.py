@@ -112,8 +112,11 @@ def query_number(name, low, high, kind=float, default=None):
     return value
 
 
-def api(path, method="GET", public=False):
-    """Route an API handler: auth, JSON in and out, errors in one shape."""
+def api(path, method="GET", public=False, admin=False):
+    """Route an API handler: auth, JSON in and out, errors in one shape.
+
+    A key of scope "read" may only GET; `admin=True` routes need an admin key for reading too.
+    """
 
     def decorator(handler):
         def wrapper(*args, **kwargs):
@@ -122,6 +125,7 @@ def api(path, method="GET", public=False):
                     check_rate("ip", client_address(), settings.RATE_LIMIT_PER_IP)
                 if not public:
                     request.environ["litejobs.api_key"] = authenticate()
+                    check_scope(admin)
                 result = handler(*args, **kwargs)
             except ApiError as exc:
                 return json_response(exc.status, error_body(exc.code, exc.message, exc.field), exc.headers)
@@ -149,10 +153,11 @@ def api(path, method="GET", public=False):
 
 
 # Every API call looks its key up: a key found is remembered for this many seconds,
-# which saves a query per request (bench/, issue 7). The price: a key revoked in the
-# database still works in each web process for up to this long.
+# which saves the key query per request (bench/, issue 7). A cached key is trusted
+# only while KeyRevision, which every revoke through litejobs bumps, is unchanged:
+# a revoke works at once in every web process.
 AUTH_CACHE_SECONDS = 5.0
-_auth_cache = {}  # (database, SHA-256 of the key) -> (ApiKey row, monotonic expiry)
+_auth_cache = {}  # (database, SHA-256 of the key) -> (ApiKey row, monotonic expiry, key revision)
 key_calls = models.CallCounter()
 
 
@@ -177,16 +182,29 @@ def _known_key(key):
     if not key:
         return None
     cache_key = (models.db.obj, ApiKey.hash(key))
-    row, expires = _auth_cache.get(cache_key, (None, 0.0))
+    row, expires, seen = _auth_cache.get(cache_key, (None, 0.0, None))
     now = time.monotonic()
-    if row is not None and now < expires:
+    revision = models.KeyRevision.current()  # read before the key, so a revoke in between is not missed
+    if row is not None and now < expires and revision == seen:
         return row
     row = ApiKey.authenticate(key)
     if row is not None:
         if len(_auth_cache) > 10_000:
             _auth_cache.clear()  # keys seen over the last few seconds come back at their next call
-        _auth_cache[cache_key] = (row, now + AUTH_CACHE_SECONDS)
+        _auth_cache[cache_key] = (row, now + AUTH_CACHE_SECONDS, revision)
     return row
+
+
+def check_scope(admin=False):
+    """403 for a read key on a write, or on an admin-only route."""
+    key = current_key()
+    if key.scope != "admin" and (admin or request.method not in ("GET", "HEAD")):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"API key {key.prefix}… has scope {key.scope!r}: it may only read; this needs an admin key "
+            "(python web.py create-key NAME --scope admin)",
+        )
 
 
 # -- Hardening: rate limits, trusted hosts, CORS, security headers --------------
@@ -885,6 +903,26 @@ def run_schedule(name):
     return json_response(202, job.to_dict(), {"Location": f"/api/v1/jobs/{job.id}"})
 
 
+# -- API keys ----------------------------------------------------------------------
+@api("/api/v1/keys", admin=True)
+def list_keys():
+    """The live API keys: name, prefix, scope, created, last used, calls today (never the key)."""
+    return {"keys": [key.to_dict() for key in ApiKey.live()]}
+
+
+@api("/api/v1/keys/<prefix>", "DELETE", admin=True)
+def revoke_key(prefix):
+    """Revoke the key with this prefix; it stops working at once in every web process."""
+    if not any(key.prefix == prefix for key in ApiKey.live().where(ApiKey.prefix == prefix)):
+        raise ApiError(404, "not_found", f"no live API key with prefix {prefix[:50]!r}; see GET /api/v1/keys")
+    try:
+        ApiKey.revoke(prefix)
+    except ValueError as exc:  # two live keys share the prefix: revoke by name from the command line
+        raise jobs.Conflict(str(exc)) from None
+    _auth_cache.clear()
+    return HTTPResponse(status=204)
+
+
 # -- Health ----------------------------------------------------------------------
 @api("/health/live", public=True)
 def health_live():
@@ -1015,6 +1053,17 @@ def serve(with_consumer=True):
     logger.info("stopped")
 
 
+def print_keys():
+    """One line per live API key: name, prefix, scope, created, last used, calls today."""
+    rows = [("NAME", "PREFIX", "SCOPE", "CREATED", "LAST USED", "CALLS TODAY")]
+    for key in ApiKey.live():
+        data = key.to_dict()
+        rows.append((data["name"], data["prefix"], data["scope"], data["created_at"], data["last_used_at"] or "never", str(data["calls_today"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+
+
 def _supervise(consumer):
     """Drive the embedded consumer's heartbeat and worker health checks."""
     from huey.consumer import ConsumerStopped
@@ -1034,9 +1083,13 @@ def main(argv=None):
     run.add_argument("--no-consumer", action="store_true", help="serve only; run huey_consumer jobs.huey apart")
     key = commands.add_parser("create-key", help="create an API key and print it")
     key.add_argument("name")
+    key.add_argument("--scope", choices=ApiKey.SCOPES, default="admin", help="read: GET only; admin: everything (default)")
+    commands.add_parser("keys", help="list the live API keys")
+    revoke = commands.add_parser("revoke-key", help="revoke an API key, at once in every web process")
+    revoke.add_argument("key", metavar="NAME|PREFIX")
     user = commands.add_parser("create-user", help="create a dashboard user")
     user.add_argument("email")
-    user.add_argument("--admin", action="store_true", help="give the user admin rights")
+    user.add_argument("--admin", action="store_true", help="an admin (runs, retries, cancels, pauses, sees secrets); else a viewer")
     user.add_argument("--password", help="the password (asked for when left out)")
     user.add_argument("--name", default="", help="the user's name")
     demo = commands.add_parser("demo-data", help="fill realistic users, posts, likes, comments and shares")
@@ -1053,9 +1106,21 @@ def main(argv=None):
         serve(with_consumer=not args.no_consumer)
     elif args.command == "create-key":
         prepare()
-        _, plain = ApiKey.create_key(args.name)
-        print(f"API key {args.name!r} created; it is shown only this once:")
+        _, plain = ApiKey.create_key(args.name, args.scope)
+        print(f"API key {args.name!r} (scope {args.scope}) created; it is shown only this once:")
         print(plain)
+    elif args.command == "keys":
+        prepare()
+        print_keys()
+    elif args.command == "revoke-key":
+        prepare()
+        try:
+            key = ApiKey.revoke(args.key)
+        except ValueError as exc:
+            sys.exit(f"litejobs: {exc}")
+        if key is None:
+            sys.exit(f"litejobs: no live API key named {args.key!r} or with that prefix; see python web.py keys")
+        print(f"API key {key.name!r} ({key.prefix}…) revoked")
     elif args.command == "create-user":
         prepare()
         password = args.password
@@ -1069,7 +1134,8 @@ def main(argv=None):
             jobs.create_user(args.email.strip().lower(), args.name, password=password, is_admin=args.admin)
         except jobs.Conflict:
             sys.exit(f"litejobs: a user with email {args.email!r} exists already")
-        print(f"user {args.email} created; a welcome mail is queued")
+        role = "an admin" if args.admin else "a viewer (add --admin to run, retry, cancel and pause)"
+        print(f"user {args.email} created as {role}; a welcome mail is queued")
     elif args.command == "demo-data":
         import demo
 
