@@ -157,6 +157,13 @@ HOST = _define("HOST", "127.0.0.1", "address the web server listens on")
 PORT = _define("PORT", 8000, "TCP port the web server listens on", _int(1, 65535))
 SECRET_KEY = _define("SECRET_KEY", "", "signs session cookies; required (32+ characters) in production")
 MAX_BODY_BYTES = _define("MAX_BODY_BYTES", 1024 * 1024, "largest JSON body accepted (413 above)", _int(1024))
+HEADER_TIMEOUT = _define(
+    "HEADER_TIMEOUT", 30.0, "seconds a client gets to send its request line and headers (slow clients are cut off)", _float(0.1, 3600)
+)
+IDLE_TIMEOUT = _define("IDLE_TIMEOUT", 60.0, "seconds a kept-alive connection may stay idle before it is closed", _float(0.1, 3600))
+MAX_CONNECTIONS = _define(
+    "MAX_CONNECTIONS", 1000, "most client connections served at once (kept below the open-file limit); more wait", _int(1, 1_000_000)
+)
 UPLOAD_MAX_MB = _define("UPLOAD_MAX_MB", 10, "largest upload accepted, in MiB", _int(1, 1024))
 LOG_LEVEL = _define(
     "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR")

@@ -1010,17 +1010,8 @@ def serve(with_consumer=True):
     import signal
 
     import gevent
-    import socket
 
-    from gevent.pywsgi import WSGIHandler, WSGIServer
-
-    class NoDelayHandler(WSGIHandler):
-        def handle(self):
-            # gevent sends a response's headers and body in two writes; with Nagle
-            # on, the body waits for the client's delayed ACK (40 ms on Linux), so
-            # every keep-alive request took 44 ms (bench/, issue 7).
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().handle()
+    from server import make_server
 
     prepare()
     consumer = None
@@ -1028,9 +1019,7 @@ def serve(with_consumer=True):
         consumer = jobs.huey.create_consumer(workers=settings.WORKERS, embedded=True)
         consumer.start()
         gevent.spawn(_supervise, consumer)
-    server = WSGIServer(
-        (settings.HOST, settings.PORT), app, log=None, error_log=logger, handler_class=NoDelayHandler
-    )
+    server = make_server(app)  # header and idle timeouts, a connection cap, TCP_NODELAY
 
     def stop(*_):
         logger.info("stopping: finishing requests and running jobs")
