@@ -340,6 +340,12 @@ if not SECRET_KEY:
 HOSTNAME = socket.gethostname()
 
 
+# Data files hold secrets (sessions, PINs, backups of both): whatever the caller's
+# umask, what litejobs creates is readable by its own user only (0600 files in 0700
+# folders); the systemd units set UMask=0077 too.
+os.umask(0o077)
+
+
 def ensure_dir(path, setting):
     """Create folder `path`, or stop with a message naming the setting that chose it."""
     try:
@@ -349,3 +355,7 @@ def ensure_dir(path, setting):
 
 
 ensure_dir(DATA_DIR, "DATA_DIR")
+try:
+    DATA_DIR.chmod(0o700)  # a folder made before the umask: other users cannot look inside
+except OSError:
+    pass  # not ours to change (a mount point): its owner decides

@@ -1000,6 +1000,7 @@ def prepare():
     try:
         settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
         models.create_tables()
+        webhooks.Webhook.seal_plain_secrets()  # rows from before secrets were sealed
         jobs.check_queue()
     except Exception as exc:  # any start-up failure (disk, database, queue) ends here, without a traceback
         sys.exit(f"litejobs: cannot start: {type(exc).__name__}: {exc} (check DATA_DIR, DATABASE_URL and QUEUE_URL)")

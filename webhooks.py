@@ -36,6 +36,7 @@ from peewee import (
 )
 
 import orders
+import sealing
 import settings
 from jobs import JobError, Unavailable, submit, task
 from models import BaseModel, Job, User, db, isoformat, parse_time, utcnow
@@ -271,14 +272,28 @@ class Webhook(BaseModel):
 
     url = TextField()
     events = TextField()  # a JSON list of event names
-    secret = CharField()
+    secret = CharField()  # sealed (sealing.py): a copied database or backup alone does not reveal it
     created_at = DateTimeField(default=utcnow)
     active = BooleanField(default=True)
 
     @classmethod
     def subscribe(cls, url, events):
         """A new webhook with a fresh signing secret."""
-        return cls.create(url=url, events=json.dumps(events), secret="whsec_" + secrets.token_urlsafe(32))
+        plain = "whsec_" + secrets.token_urlsafe(32)
+        return cls.create(url=url, events=json.dumps(events), secret=sealing.seal(plain))
+
+    @property
+    def signing_secret(self):
+        """The plain signing secret; raises sealing.UnsealError when SECRET_KEY changed since."""
+        return sealing.unseal(self.secret)
+
+    @classmethod
+    def seal_plain_secrets(cls):
+        """Seal the secrets of webhooks stored before sealing existed; returns how many."""
+        sealed = 0
+        for row in cls.select(cls.id, cls.secret).where(~cls.secret.startswith(sealing.PREFIX)):
+            sealed += cls.update(secret=sealing.seal(row.secret)).where((cls.id == row.id) & (cls.secret == row.secret)).execute()
+        return sealed
 
     @classmethod
     def live(cls):
@@ -301,7 +316,7 @@ class Webhook(BaseModel):
     def to_dict(self, secret=False):
         body = {"id": str(self.id), "url": self.url, "events": self.event_names, "created_at": isoformat(self.created_at)}
         if secret:
-            body["secret"] = self.secret
+            body["secret"] = self.signing_secret
         return body
 
 
@@ -517,9 +532,14 @@ def deliver_webhook(delivery_id: int):
     if not webhook.active:
         WebhookDelivery.give_up(delivery.id, "webhook deleted before delivery")
         return "webhook deleted; not sent"
+    try:
+        secret = webhook.signing_secret
+    except sealing.UnsealError as exc:  # no retry can fix this: fail now, with the cause
+        WebhookDelivery.give_up(delivery.id, f"signing secret unreadable: {exc}")
+        raise JobError(f"webhook {webhook.id}: signing secret unreadable ({exc}); create the webhook again") from None
     outcome = send(
         webhook.url,
-        webhook.secret,
+        secret,
         delivery.payload.encode("utf-8"),
         delivery.event,
         timeout=settings.WEBHOOK_TIMEOUT,
