@@ -805,7 +805,14 @@ CLEANUP_BATCH = 500
 
 
 def create_user(email, name="", password=None, is_admin=False):
-    """Create a user and queue their welcome mail; Conflict when the email is taken."""
+    """Create a user and queue their welcome mail; Conflict when the email is taken.
+
+    ArgumentError for a control character in the email or name: both reach mail headers and PDFs.
+    """
+    for field, value in (("email", email), ("name", name)):
+        char = guard.control_character(value or "")
+        if char is not None:
+            raise ArgumentError(field, f"control character {char!r} not allowed")
     try:
         user = User.create(
             email=email,

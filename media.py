@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+import guard
 import settings
 
 logger = logging.getLogger("litejobs.media")
@@ -253,6 +254,7 @@ def render_certificate(path, name, course, issued_at, code):
     """
     from fpdf import FPDF  # only the certificate worker pays for importing it
 
+    name, course = guard.strip_control(name), guard.strip_control(course)  # rows from before the API refused them
     font = find_font()
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     pdf.set_title(f"Certificate: {course}")

@@ -24,6 +24,7 @@ from peewee import (
 )
 from playhouse.pool import PooledDatabase
 
+import guard
 import provider
 import settings
 import webhooks
@@ -342,6 +343,9 @@ def validate_order(body):
             raise ArgumentError(name, "must not be blank")
         if len(value) > longest:
             raise ArgumentError(name, f"at most {longest} characters, got {len(value)}")
+        char = guard.control_character(value)
+        if char is not None:  # it goes to the provider, the log and the dashboard
+            raise ArgumentError(name, f"control character {char!r} not allowed")
         clean[name] = value
     return clean
 

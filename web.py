@@ -536,12 +536,14 @@ def _ref(body, field, model, what):
     return row
 
 
-def _text(value, field, limit=200):
+def _text(value, field, limit=200, multiline=False):
+    """A trimmed non-empty string of at most `limit` characters, with no control characters
+    (line breaks and tabs allowed when `multiline`): it may reach a mail header, a PDF or a log line."""
     if not isinstance(value, str) or not value.strip():
         raise ApiError(422, "invalid_argument", f"{field}: expected a non-empty string, got {json.dumps(value)[:50]}", field)
     if len(value.strip()) > limit:
         raise ApiError(422, "invalid_argument", f"{field}: at most {limit} characters, got {len(value.strip())}", field)
-    return value.strip()
+    return guard.check_text(value.strip(), field, multiline)
 
 
 def _no_unknown_fields(body, known):
@@ -576,7 +578,7 @@ def upload_media(post_id):
     except media.UploadTooLarge:
         raise ApiError(413, "too_large", f"file is over {settings.UPLOAD_MAX_MB} MiB; {too_large}") from None
     try:
-        item = analytics.Media.create(post=post, token=token, filename=(upload.raw_filename or "")[:200], size_bytes=size)
+        item = analytics.Media.create(post=post, token=token, filename=guard.strip_control(upload.raw_filename or "")[:200], size_bytes=size)
         try:
             job = jobs.enqueue("process_media_upload", media_id=item.id)
         except jobs.Unavailable:
@@ -849,7 +851,7 @@ def create_post():
     body = read_json()
     _no_unknown_fields(body, ("author_id", "body"))
     author = _ref(body, "author_id", User, "user")
-    post = analytics.Post.publish(author.id, _text(body.get("body"), "body", 10000))
+    post = analytics.Post.publish(author.id, _text(body.get("body"), "body", 10000, multiline=True))
     return json_response(201, post.to_dict())
 
 
@@ -1124,6 +1126,8 @@ def main(argv=None):
             jobs.create_user(args.email.strip().lower(), args.name, password=password, is_admin=args.admin)
         except jobs.Conflict:
             sys.exit(f"litejobs: a user with email {args.email!r} exists already")
+        except jobs.ArgumentError as exc:
+            sys.exit(f"litejobs: {exc}")
         role = "an admin" if args.admin else "a viewer (add --admin to run, retry, cancel and pause)"
         print(f"user {args.email} created as {role}; a welcome mail is queued")
     elif args.command == "demo-data":

@@ -35,6 +35,7 @@ from peewee import (
     fn,
 )
 
+import guard
 import orders
 import sealing
 import settings
@@ -70,6 +71,8 @@ def check_url(url, allow_private=False):
         raise BadURL("expected an http:// or https:// URL")
     if len(url) > MAX_URL_LENGTH:
         raise BadURL(f"longer than {MAX_URL_LENGTH} characters")
+    if guard.control_character(url.strip()):  # urlsplit drops tabs and newlines silently
+        raise BadURL("must not contain control characters")
     try:
         parts = urlsplit(url.strip())
         port = parts.port
