@@ -309,6 +309,12 @@ IMAGE_MAX_PIXELS = _define(
     "largest image accepted, in pixels (width × height): the decompression-bomb guard",
     _int(1, 1_000_000_000),
 )
+MEDIA_MEMORY_MB = _define(
+    "MEDIA_MEMORY_MB",
+    256,
+    "memory the image decoding of one process may hold at once; bigger images are refused, others wait their turn",
+    _int(16, 65536),
+)
 CERTIFICATE_FONT = _define(
     "CERTIFICATE_FONT", "", "TrueType font file for certificate PDFs; empty: DejaVu Sans, Noto or Arial found on the system"
 )
