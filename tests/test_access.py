@@ -193,3 +193,23 @@ def test_a_revoke_works_at_once_in_every_web_process(tmp_path):
     finally:
         first.stop()
         second.stop()
+
+
+# -- What held: every API operation needs a key ------------------------------------------------
+PROTECTED = [
+    (method.upper(), path)
+    for path, item in openapi.document()["paths"].items()
+    for method, op in item.items()
+    if method in ("get", "post", "put", "patch", "delete") and op.get("security") != [] and path.startswith("/api/")
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+@pytest.mark.parametrize("auth", [None, "Bearer lj_wrong", "Basic dXNlcjpwYXNz"])
+def test_every_api_operation_needs_a_valid_key(anonymous, method, path, auth):
+    concrete = path.replace("{name}", "echo").replace("{id}", "1").replace("{prefix}", "lj_abcde").replace("{code}", "X")
+    concrete = concrete.replace("{enrollment_id}", "1").replace("{lesson_id}", "1").replace("{post_id}", "1")
+    headers = {"Authorization": auth} if auth else {}
+    reply = anonymous.request(method, concrete, json_body={}, headers=headers)
+    assert_error(reply, 401, "unauthorized")
+    assert len(PROTECTED) >= 33
