@@ -927,15 +927,19 @@ def bulk_insert(model, fields, rows, size=1000):
         db.cursor().executemany(sql, [(*row, *extra) for row in chunk])
 
 
+def _add_key_scope(migrator):
+    """2: API keys get a scope; keys made before could do everything, so they stay admin."""
+    steps = []
+    if "scope" not in {column.name for column in migrator.database.get_columns("apikey")}:  # tables made since have it
+        steps.append(migrator.add_column("apikey", "scope", CharField(default="admin")))
+    return steps + [migrator.sql("""UPDATE "apikey" SET "scope" = 'admin' WHERE "scope" IS NULL""")]
+
+
 # Each migration takes a SchemaMigrator; append, never edit or reorder.
 MIGRATIONS = [
     # 1: concurrency limits count running jobs instead of keeping a table of places.
     lambda migrator: [migrator.sql('DROP TABLE IF EXISTS "slot"')],
-    # 2: API keys get a scope; keys made before could do everything, so they stay admin.
-    lambda migrator: [
-        migrator.add_column("apikey", "scope", CharField(default="admin")),
-        migrator.sql("""UPDATE "apikey" SET "scope" = 'admin' WHERE "scope" IS NULL"""),
-    ],
+    _add_key_scope,
 ]
 
 
