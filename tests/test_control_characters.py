@@ -3,14 +3,11 @@ file name: refused at the API with 422, or stripped from what was stored before;
 never a job that retries forever."""
 
 import email
-import json
 
 import pytest
 from conftest import assert_error
 
-import guard
 import jobs
-import mailer
 import media
 import models
 import settings

@@ -8,7 +8,7 @@ import os
 from urllib.parse import quote
 
 import pytest
-from conftest import Client, assert_error
+from conftest import assert_error
 
 import guard
 import jobs

@@ -2,7 +2,6 @@
 DATA_DIR's files readable by litejobs' own user only."""
 
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
