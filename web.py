@@ -790,6 +790,14 @@ def get_order(order_id):
     return order
 
 
+def order_dict(order):
+    """An order as the API shows it: its PIN only to admin keys, as the dashboard shows it only to admins."""
+    data = order.to_dict()
+    if data.get("pin_code") and current_key().scope != "admin":
+        data["pin_code"] = "••••"
+    return data
+
+
 @api("/api/v1/orders", "POST")
 def create_order():
     """Place an order; its dispatch to the provider starts at once in the background."""
@@ -806,7 +814,7 @@ def create_order():
 @api("/api/v1/orders/<order_id>")
 def show_order(order_id):
     """One order: status, provider reference, PIN, checks and error."""
-    return get_order(order_id).to_dict()
+    return order_dict(get_order(order_id))
 
 
 @api("/api/v1/orders")
@@ -821,7 +829,7 @@ def list_orders():
         rows, cursor = orders.Order.page(status, limit, request.query.getunicode("cursor"))
     except ValueError:
         raise ApiError(422, "invalid_argument", "cursor: not a cursor returned by this API", "cursor") from None
-    return {"orders": [order.to_dict() for order in rows], "next": cursor}
+    return {"orders": [order_dict(order) for order in rows], "next": cursor}
 
 
 # -- Users, posts and analytics ---------------------------------------------------

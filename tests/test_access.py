@@ -213,3 +213,10 @@ def test_every_api_operation_needs_a_valid_key(anonymous, method, path, auth):
     reply = anonymous.request(method, concrete, json_body={}, headers=headers)
     assert_error(reply, 401, "unauthorized")
     assert len(PROTECTED) >= 33
+
+
+def test_a_read_key_sees_order_pins_masked(client, reader):
+    order = orders.Order.create(product_id="p", package_id="k", user_identifier="u", status="completed", pin_code="PIN-4711")
+    assert client.get(f"/api/v1/orders/{order.id}").json["pin_code"] == "PIN-4711"
+    assert reader.get(f"/api/v1/orders/{order.id}").json["pin_code"] == "••••"
+    assert "PIN-4711" not in reader.get("/api/v1/orders").text
