@@ -216,7 +216,10 @@ class Client:
             headers.setdefault("Content-Type", "application/json")
         conn = http.client.HTTPConnection(self.host, int(self.port), timeout=60)
         try:
-            conn.request(method, path, body=body, headers=headers)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server answered (413) before reading the whole body: read that answer
             reply = conn.getresponse()
             return Response(reply.status, dict(reply.getheaders()), reply.read())
         finally:
