@@ -6,6 +6,7 @@ import logging
 
 from huey.exceptions import RetryTask
 
+import sealing
 import settings
 from jobs import JobError, task
 from models import isoformat, parse_time, utcnow
@@ -30,9 +31,14 @@ def deliver_webhook(delivery_id: int):
     if not webhook.active:
         WebhookDelivery.give_up(delivery.id, "webhook deleted before delivery")
         return "webhook deleted; not sent"
+    try:
+        secret = webhook.signing_secret
+    except sealing.UnsealError as exc:  # no retry can fix this: fail now, with the cause
+        WebhookDelivery.give_up(delivery.id, f"signing secret unreadable: {exc}")
+        raise JobError(f"webhook {webhook.id}: signing secret unreadable ({exc}); create the webhook again") from None
     outcome = send(
         webhook.url,
-        webhook.secret,
+        secret,
         delivery.payload.encode("utf-8"),
         delivery.event,
         timeout=settings.WEBHOOK_TIMEOUT,
