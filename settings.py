@@ -390,16 +390,11 @@ if _errors:
 if not BASE_URL:
     BASE_URL = f"http://{HOST}:{PORT}"
 
-_PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "development"}
-if ENV == "production" and (SECRET_KEY.lower() in _PLACEHOLDER_SECRETS or len(SECRET_KEY) < 32):
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "development"}
+if ENV == "production" and (SECRET_KEY.lower() in PLACEHOLDER_SECRETS or len(SECRET_KEY) < 32):
     sys.exit(
         "litejobs: SECRET_KEY must be set to a random value of 32+ characters when ENV=production; "
         'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
-    )
-if ENV == "production" and PROVIDER_TOKEN.lower() in _PLACEHOLDER_SECRETS | {"sandbox-token"}:
-    sys.exit(
-        "litejobs: PROVIDER_TOKEN must be set to the token your order provider gave you when ENV=production; "
-        "the default 'sandbox-token' is public"
     )
 if not SECRET_KEY:
     # Development only: a fixed per-checkout key keeps sessions across restarts.

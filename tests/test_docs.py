@@ -70,7 +70,7 @@ def test_every_shell_block_of_getting_started_runs(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LITEJOBS_", "PYTEST"))}
     env.update(PORT=str(port), HOST="127.0.0.1", PYTHON=sys.executable)
-    for name in ("DATA_DIR", "DATABASE_URL", "QUEUE_URL", "LOG_LEVEL", "RUN_SCHEDULES", "ENV", "SECRET_KEY"):
+    for name in ("DATA_DIR", "DATABASE_URL", "QUEUE_URL", "LOG_LEVEL", "RUN_SCHEDULES", "ENV", "SECRET_KEY", "FUNCTIONS_DIR"):
         env.pop(name, None)
     blocks = [b.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for b in shell_blocks(PAGE.read_text())]
     server = subprocess.Popen(
