@@ -4,12 +4,14 @@
 rate limit, API-key auth, JSON in and out, and errors in one shape
 (`{"error": {"code", "message", "field"?}}`). Handlers read input with
 `read_json()` and `query_number()`, find rows with `get_or_404()`, and raise
-`ApiError` for anything the API's error table names. Apps import this module,
-never web.py.
+`ApiError` for anything the API's error table names; `text_field()` refuses
+control characters. Apps import this module, never web.py.
 """
 
+import ipaddress
 import json
 import logging
+import re
 import time
 import uuid
 from html import escape
@@ -17,6 +19,8 @@ from html import escape
 from bottle import HTTPResponse, request, response
 from peewee import PeeweeException
 
+import guard
+import dburl
 import jobs
 import runs
 import limits
@@ -38,7 +42,7 @@ class ApiError(Exception):
 
 def json_response(status, body, headers=None):
     return HTTPResponse(
-        json.dumps(body, ensure_ascii=False),
+        guard.dumps(body, ensure_ascii=False),
         status=status,
         headers={"Content-Type": "application/json; charset=utf-8", **(headers or {})},
     )
@@ -55,6 +59,26 @@ def is_api_path(path):
     return path.startswith(("/api/", "/health/")) or path == "/metrics"
 
 
+# -- Body caps: checked from Content-Length (and while reading a chunked body) before any handler
+_large_bodies = []  # (compiled path pattern, fn() -> the route's limit in bytes)
+
+
+def allow_large_body(pattern, limit):
+    """Let requests to paths matching `pattern` send up to `limit()` bytes (an upload route)."""
+    _large_bodies.append((re.compile(pattern), limit))
+
+
+def body_limit(path):
+    """The largest body a request to `path` may send: MAX_BODY_BYTES on the API, 64 KiB for
+    dashboard forms and the login; only routes that asked (allow_large_body) take more."""
+    for pattern, limit in _large_bodies:
+        if pattern.fullmatch(path):
+            return limit()
+    if is_api_path(path) or path.startswith("/sandbox/"):
+        return settings.MAX_BODY_BYTES
+    return guard.FORM_MAX_BYTES
+
+
 def read_json():
     """The request body as a dict; an empty body is {}."""
     length = request.content_length
@@ -66,7 +90,9 @@ def read_json():
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = guard.loads(raw.decode("utf-8"))
+    except guard.Refused as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.field) from None
     except UnicodeDecodeError:
         raise ApiError(400, "bad_json", "body is not valid UTF-8") from None
     except ValueError as exc:
@@ -91,16 +117,19 @@ def query_number(name, low, high, kind=float, default=None):
 
 
 def router(app):
-    """The `@api(path, method="GET", public=False)` decorator routing handlers on bottle `app`."""
+    """The `@api(path, method="GET", public=False, admin=False)` decorator routing handlers on bottle `app`."""
 
-    def api(path, method="GET", public=False):
-        """Route an API handler: auth, JSON in and out, errors in one shape."""
-        return _decorator(app, path, method, public)
+    def api(path, method="GET", public=False, admin=False):
+        """Route an API handler: auth, JSON in and out, errors in one shape.
+
+        A key of scope "read" may only GET; `admin=True` routes need an admin key for reading too.
+        """
+        return _decorator(app, path, method, public, admin)
 
     return api
 
 
-def _decorator(app, path, method, public):
+def _decorator(app, path, method, public, admin=False):
     def decorator(handler):
         def wrapper(*args, **kwargs):
             try:
@@ -108,9 +137,12 @@ def _decorator(app, path, method, public):
                     check_rate("ip", client_address(), settings.RATE_LIMIT_PER_IP)
                 if not public:
                     request.environ["litejobs.api_key"] = authenticate()
+                    check_scope(admin)
                 result = handler(*args, **kwargs)
             except ApiError as exc:
                 return json_response(exc.status, error_body(exc.code, exc.message, exc.field), exc.headers)
+            except guard.Refused as exc:
+                return json_response(exc.status, error_body(exc.code, exc.message, exc.field))
             except jobs.ArgumentError as exc:
                 return json_response(422, error_body("invalid_argument", str(exc), exc.field))
             except jobs.Conflict as exc:
@@ -119,9 +151,14 @@ def _decorator(app, path, method, public):
                 return json_response(507, error_body("insufficient_storage", str(exc)))
             except (jobs.Unavailable, PeeweeException) as exc:
                 logger.warning("request %s: unavailable: %s", request_id(), exc)
-                if runs.is_connection_error(exc.__cause__ or exc):
+                cause = exc.__cause__ or exc
+                exhausted = isinstance(cause, dburl.PoolExhausted)  # litejobs' own words, not a driver's
+                if runs.is_connection_error(cause) and not exhausted:
                     runs.reset_connection()  # a cut connection: the next request opens a new one
-                return json_response(503, error_body("unavailable", str(exc)))
+                # The driver's words (hosts, users, paths) go to the log, not to a caller without a key.
+                shown = exhausted or current_key() is not None
+                message = str(exc) if shown else f"database or queue unavailable; request id {request_id()}"
+                return json_response(503, error_body("unavailable", message))
             status, body = result if isinstance(result, tuple) else (200, result)
             if isinstance(body, HTTPResponse):
                 return body
@@ -135,10 +172,11 @@ def _decorator(app, path, method, public):
 
 
 # Every API call looks its key up: a key found is remembered for this many seconds,
-# which saves a query per request (bench/, issue 7). The price: a key revoked in the
-# database still works in each web process for up to this long.
+# which saves the key query per request (bench/, issue 7). A cached key is trusted
+# only while KeyRevision, which every revoke through litejobs bumps, is unchanged:
+# a revoke works at once in every web process.
 AUTH_CACHE_SECONDS = 5.0
-_auth_cache = {}  # (database, SHA-256 of the key) -> (ApiKey row, monotonic expiry)
+_auth_cache = {}  # (database, SHA-256 of the key) -> (ApiKey row, monotonic expiry, key revision)
 key_calls = models.CallCounter()
 
 
@@ -163,16 +201,47 @@ def _known_key(key):
     if not key:
         return None
     cache_key = (models.db.obj, ApiKey.hash(key))
-    row, expires = _auth_cache.get(cache_key, (None, 0.0))
+    row, expires, seen = _auth_cache.get(cache_key, (None, 0.0, None))
     now = time.monotonic()
-    if row is not None and now < expires:
+    revision = models.KeyRevision.current()  # read before the key, so a revoke in between is not missed
+    if row is not None and now < expires and revision == seen:
         return row
     row = ApiKey.authenticate(key)
     if row is not None:
         if len(_auth_cache) > 10_000:
             _auth_cache.clear()  # keys seen over the last few seconds come back at their next call
-        _auth_cache[cache_key] = (row, now + AUTH_CACHE_SECONDS)
+        _auth_cache[cache_key] = (row, now + AUTH_CACHE_SECONDS, revision)
     return row
+
+
+def forget_keys():
+    """Empty this process's key cache (after a revoke; other processes see KeyRevision)."""
+    _auth_cache.clear()
+
+
+def check_scope(admin=False):
+    """403 for a read key on a write, or on an admin-only route."""
+    key = current_key()
+    if key.scope != "admin" and (admin or request.method not in ("GET", "HEAD")):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"API key {key.prefix}… has scope {key.scope!r}: it may only read; this needs an admin key "
+            "(python web.py create-key NAME --scope admin)",
+        )
+
+
+def is_admin_key():
+    """Whether this request's API key may see secrets (PINs): an admin key."""
+    key = current_key()
+    return key is not None and key.scope == "admin"
+
+
+def is_loopback(address):
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 # -- Hardening: rate limits, trusted hosts, CORS, security headers --------------
@@ -318,12 +387,14 @@ def ref_field(body, field, model, what):
     return row
 
 
-def text_field(value, field, limit=200):
+def text_field(value, field, limit=200, multiline=False):
+    """A trimmed non-empty string of at most `limit` characters, with no control characters
+    (line breaks and tabs allowed when `multiline`): it may reach a mail header, a PDF or a log line."""
     if not isinstance(value, str) or not value.strip():
         raise ApiError(422, "invalid_argument", f"{field}: expected a non-empty string, got {json.dumps(value)[:50]}", field)
     if len(value.strip()) > limit:
         raise ApiError(422, "invalid_argument", f"{field}: at most {limit} characters, got {len(value.strip())}", field)
-    return value.strip()
+    return guard.check_text(value.strip(), field, multiline)
 
 
 def no_unknown_fields(body, known):

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from urllib.parse import quote, urlencode
 
@@ -22,6 +23,7 @@ import charts
 import stops
 import humanize
 import joblog
+import guard
 import jobs
 import loader
 import settings
@@ -37,6 +39,7 @@ PAGE_SIZE = 50
 NAV = [("Overview", "/"), ("Jobs", "/jobs"), ("Run", "/run"), ("Schedules", "/schedules"), ("Workers", "/workers")]
 
 pages = Bottle()
+logger = logging.getLogger("litejobs.dashboard")
 
 
 # Checked when the email is unknown, so a wrong email costs as long as a wrong password.
@@ -102,14 +105,13 @@ def check_csrf(purpose):
 
 def _safe_next(target):
     """A local path to go to after login; anything else goes to the overview."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return "/"
+    return guard.safe_next(target)
 
 
 def page(path, method="GET", routes=None):
     """Route a dashboard page on `routes` (default: the core pages): a session is
-    required, and POSTs need their CSRF token. Apps pass their own bottle.Bottle."""
+    required, POSTs need their CSRF token, and only admins may POST (run, retry,
+    cancel, pause, order): viewers read. Apps pass their own bottle.Bottle."""
 
     def decorator(handler):
         @functools.wraps(handler)
@@ -122,9 +124,13 @@ def page(path, method="GET", routes=None):
                     if request.query_string and request.method == "GET":
                         target += "?" + request.query_string
                     redirect("/login?" + urlencode({"next": target}), 303)
+                if request.method == "POST" and not current_user().is_admin:
+                    raise error_page(403, "Viewers can look but not act: ask an admin to do this (python web.py create-user EMAIL --admin).")
                 return handler(*args, **kwargs)
             except (PeeweeException, jobs.Unavailable) as exc:
-                message = f"The database or the queue is not answering ({exc}). Try again in a moment."
+                request_id = request.environ.get("litejobs.request_id", "")
+                logger.warning("request %s: unavailable: %s", request_id, exc)  # the driver's words stay in the log
+                message = f"The database or the queue is not answering (request id {request_id}). Try again in a moment."
                 raise error_page(503, message) from None
 
         (pages if routes is None else routes).route(path, method, wrapper)
@@ -252,7 +258,15 @@ def login_form():
     """The login form; a logged-in user goes straight on."""
     if current_user() is not None:
         redirect(_safe_next(request.query.getunicode("next")), 303)
-    return render("login", title="Log in", error=None, email="", next=request.query.getunicode("next") or "/")
+    return render("login", title="Log in", error=None, email="", next=_safe_next(request.query.getunicode("next")))
+
+
+def throttle_keys(email, ip):
+    """The keys a failed login counts under: the account from this address, and the address.
+
+    Tied to the address, someone else's failures never lock an account's owner out.
+    """
+    return f"email:{email}|ip:{ip}", f"ip:{ip}"
 
 
 @pages.post("/login")
@@ -263,9 +277,10 @@ def login():
     password = request.forms.getunicode("password") or ""
     target = _safe_next(request.forms.getunicode("next"))
     ip = request.environ.get("litejobs.client_address") or request.environ.get("REMOTE_ADDR", "")
+    account_key, address_key = throttle_keys(email, ip)
     wait = max(
-        LoginFailure.wait(f"email:{email}", settings.LOGIN_ATTEMPTS),
-        LoginFailure.wait(f"ip:{ip}", settings.LOGIN_ATTEMPTS * 4),
+        LoginFailure.wait(account_key, settings.LOGIN_ATTEMPTS),
+        LoginFailure.wait(address_key, settings.LOGIN_ATTEMPTS * 4),
     )
     if wait:
         response.set_header("Retry-After", str(wait))
@@ -279,9 +294,9 @@ def login():
     elif not user.check_password(password):
         user = None
     if user is None:
-        LoginFailure.record(f"email:{email}", f"ip:{ip}")
+        LoginFailure.record(account_key, address_key)
         return render("login", title="Log in", error="Wrong email or password.", email=email, next=target)
-    LoginFailure.clear(f"email:{email}")
+    LoginFailure.clear(account_key)
     lifetime = datetime.timedelta(hours=settings.SESSION_HOURS)
     _, plain = Token.issue(user, "session", lifetime)
     _set_cookie(SESSION_COOKIE, f"{plain}.{_sign('session', plain)}", int(lifetime.total_seconds()))
@@ -514,7 +529,9 @@ def convert(param, raw):
         except ValueError:
             raise jobs.ArgumentError(param.name, f"expected {param.type}, got {raw[:50]!r}") from None
     try:
-        return json.loads(raw)
+        return guard.loads(raw)
+    except guard.Refused as exc:
+        raise jobs.ArgumentError(param.name, exc.message) from None
     except ValueError:
         if param.type == "any":
             return raw  # plain text is a string

@@ -30,6 +30,10 @@ def normalize(url):
     return url
 
 
+class PoolExhausted(OperationalError):
+    """Every connection of this process's pool stayed in use: litejobs' own words, safe to show."""
+
+
 class PooledPostgres(PooledPostgresqlDatabase):
     """A PostgreSQL pool whose exhaustion is a database error (503 in the API), not a ValueError.
 
@@ -65,7 +69,7 @@ class PooledPostgres(PooledPostgresqlDatabase):
         try:
             return super().connect(reuse_if_open)
         except MaxConnectionsExceeded:
-            raise OperationalError(
+            raise PoolExhausted(
                 f"all {self._max_connections} database connections of this process stayed in use for "
                 f"{self._wait_timeout:g} s; raise DATABASE_POOL_SIZE (and PostgreSQL's max_connections)"
             ) from None

@@ -7,11 +7,14 @@ but nothing waits; `ok` otherwise.
 """
 
 import datetime
+import logging
 
 import disk
 import jobs
 import settings
 from models import SchemaVersion, Job, Worker, db, utcnow
+
+logger = logging.getLogger("litejobs.health")
 
 
 def check_database_writable():
@@ -21,19 +24,21 @@ def check_database_writable():
             SchemaVersion.id).order_by(SchemaVersion.id).limit(1)).execute()
 
 
-def _failed(exc):
-    return {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+def _failed(name, exc, request_id):
+    # Anyone may call /health/ready: the driver's words (hosts, users, paths) go to the log only.
+    logger.warning("request %s: readiness: %s: %s: %s", request_id, name, type(exc).__name__, exc)
+    return {"status": "down", "error": f"unreachable ({type(exc).__name__}); request id {request_id} in the log"}
 
 
-def readiness():
-    """(status, checks) for /health/ready."""
+def readiness(request_id=""):
+    """(status, checks) for /health/ready; `request_id` names the log lines with the drivers' errors."""
     checks = {}
     for name, check in (("database", check_database_writable), ("queue", jobs.check_queue)):
         try:
             check()
             checks[name] = {"status": "ok"}
         except Exception as exc:  # any driver error means "cannot serve" here
-            checks[name] = _failed(exc)
+            checks[name] = _failed(name, exc, request_id)
     short = disk.short_of_space()
     checks["disk"] = {"status": "down", "error": short} if short else {"status": "ok"}
     if checks["database"]["status"] != "ok":
@@ -43,7 +48,7 @@ def readiness():
             checks["consumer"] = _consumer_check()
             checks["apps"] = apps_check(Worker.alive())
         except Exception as exc:  # the database went away between the two checks
-            checks["consumer"] = {"status": "unknown", "error": f"{type(exc).__name__}: {exc}"}
+            checks["consumer"] = dict(_failed("consumer", exc, request_id), status="unknown")
     if any(check["status"] == "down" for name, check in checks.items() if name != "consumer"):
         return "down", checks
     consumer = checks["consumer"]

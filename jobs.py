@@ -34,6 +34,7 @@ import disk
 import hooks
 import preflight
 import runs
+import guard
 import settings
 from models import TERMINAL, WAITING, Job, utcnow, wal_pages
 from models import ScheduleRun, User, bulk_insert, checkpoint, db, isoformat
@@ -279,6 +280,11 @@ class Param:
             raise ArgumentError(self.name, f"expected {self.type}, got {shown}")
         if self.type == "float":
             value = float(value)
+        # NaN passes every range check and stalls time.sleep under gevent: no argument may hold one.
+        where = guard.nonfinite_path(value, self.name)
+        if where is not None:
+            inside = "" if where == self.name else f" at {where}"
+            raise ArgumentError(self.name, f"not a finite number{inside} (NaN and Infinity are refused)")
         if self.bounds:
             low, high = self.bounds
             if (low is not None and value < low) or (high is not None and value > high):
@@ -663,7 +669,7 @@ def _record_enqueued(signal_name, message):
     Job.insert(
         id=message.id,
         name=message.name,
-        args=json.dumps(message.kwargs, default=str),
+        args=guard.dumps(message.kwargs, default=str),
         status="pending",
         queue=FUNCTIONS[message.name].queue if message.name in FUNCTIONS else "default",
         priority=message.priority or 0,
@@ -874,7 +880,14 @@ CLEANUP_BATCH = 500
 
 
 def create_user(email, name="", password=None, is_admin=False):
-    """Create a user and queue their welcome mail; Conflict when the email is taken."""
+    """Create a user and queue their welcome mail; Conflict when the email is taken.
+
+    ArgumentError for a control character in the email or name: both reach mail headers and PDFs.
+    """
+    for field, value in (("email", email), ("name", name)):
+        char = guard.control_character(value or "")
+        if char is not None:
+            raise ArgumentError(field, f"control character {char!r} not allowed")
     try:
         user = User.create(
             email=email,
@@ -931,6 +944,8 @@ def echo(value: typing.Any):
 @task(public=True, bounds={"seconds": (0, 60)})
 def sleep(seconds: float) -> float:
     """Sleep `seconds` (at most 60), reporting progress each tenth; cancel stops it."""
+    if not 0 <= seconds <= 60:  # also NaN: a job enqueued past the API's checks must not stall a worker
+        raise JobError(f"seconds must be from 0 to 60, got {seconds}")
     steps = 10
     for step in range(steps):
         progress(step, steps, f"slept {seconds * step / steps:.1f} of {seconds:g} s")

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 from bottle import SimpleTemplate
 from peewee import CharField, DateTimeField, ForeignKeyField, IntegrityError
 
+import guard
 import settings
 from jobs import current_job_id, fail_now
 from models import BaseModel, User, db, utcnow
@@ -80,7 +81,7 @@ def compose(to, template, message_id_=None, **context):
     """The EmailMessage of mail `template` to address `to`, with a text and an HTML part."""
     subject, text, html = render(template, **context)
     message = EmailMessage()
-    message["Subject"] = subject
+    message["Subject"] = guard.strip_control(subject)  # a name with a CR must not break every mail
     message["From"] = settings.MAIL_FROM
     message["To"] = to
     message["Date"] = email.utils.formatdate(localtime=False)
@@ -95,7 +96,10 @@ def send(to, template, message_id=None, **context):
 
     Raises TransientMailError or PermanentMailError when an SMTP server does not take it.
     """
-    message = compose(to, template, message_id, **context)
+    try:
+        message = compose(to, template, message_id, **context)
+    except ValueError as exc:  # a header the email package refuses: no retry can fix it
+        raise PermanentMailError(f"mail {template} to {to!r} cannot be composed: {exc}") from exc
     if not settings.SMTP_URL:
         path = write_outbox(message)
         logger.info("mail %s to %s written to %s", template, to, path)

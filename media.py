@@ -9,13 +9,16 @@ nothing behind.
 import datetime
 import logging
 import os
+import contextlib
 import shutil
+import threading
 import uuid
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+import guard
 import settings
 
 logger = logging.getLogger("litejobs.media")
@@ -107,13 +110,16 @@ def make_renditions(src, dest_dir):
             # Decode at 1/2, 1/4 or 1/8 scale when that still covers the largest
             # rendition: a fraction of the time and memory of a full decode.
             image.draft("RGB", fit(image.size, RENDITIONS[0][1]))
-        image.load()
-        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap the sides
-            width, height = height, width
-        icc_profile = image.info.get("icc_profile")
-        ImageOps.exif_transpose(image, in_place=True)
-        current = _flatten_mode(image)
-        del image
+        with decode_memory.hold(decoded_bytes(image.size)):
+            image.load()
+            orientation = image.getexif().get(0x0112)
+            if orientation in (5, 6, 7, 8):  # orientations that swap the sides
+                width, height = height, width
+            icc_profile = image.info.get("icc_profile")
+            current = _flatten_mode(_reduced(image))
+            del image
+            if orientation in _TRANSPOSE:
+                current = current.transpose(_TRANSPOSE[orientation])
     current.info = {}  # no EXIF, XMP or comments travel on
     written, sizes = [], {}
     try:
@@ -130,6 +136,75 @@ def make_renditions(src, dest_dir):
         _remove(written, dest_dir)
         raise
     return {"format": kind, "width": width, "height": height, "renditions": sizes}
+
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def decoded_bytes(size):
+    """Memory a decode of `size` pixels may take: 4 bytes a pixel (RGBA), whatever the format stores."""
+    return size[0] * size[1] * 4
+
+
+def _reduced(image):
+    """`image` shrunk by a whole factor (Pillow's fast box reduce) to at most twice the
+    largest rendition, so every copy made after it (mode, orientation, resizes) is small."""
+    factor = max(image.size) // (2 * RENDITIONS[0][1])
+    if factor < 2:
+        return image
+    try:
+        return image.reduce(factor)
+    except ValueError:  # a mode reduce does not take (palette): flatten first
+        return _flatten_mode(image).reduce(factor)
+
+
+class MemoryBusy(RuntimeError):
+    """Other decodes hold too much of MEDIA_MEMORY_MB right now: try again shortly."""
+
+
+class MemoryBudget:
+    """Bytes of decoded pixels this process's media jobs may hold at once.
+
+    Formats other than JPEG cannot be decoded at a smaller scale, so a small
+    file of many pixels takes their full size in memory. An image bigger than
+    the whole budget is refused; one that does not fit in what other decodes
+    leave raises MemoryBusy, and its job tries again a little later. (No
+    waiting here: decodes run on gevent's thread pool, where a blocking
+    condition would be shared between native threads and greenlets.)
+    """
+
+    def __init__(self, total):
+        self.total, self.used = total, 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, amount):
+        if amount > self.total:
+            raise ImageRejected(
+                f"image needs about {amount // 2**20} MiB to decode; the limit is {self.total // 2**20} MiB "
+                "(MEDIA_MEMORY_MB): make it smaller, or save it as JPEG"
+            )
+        with self._lock:
+            if self.used + amount > self.total:
+                raise MemoryBusy(f"{self.used // 2**20} of {self.total // 2**20} MiB held by other decodes")
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.used -= amount
+
+
+decode_memory = MemoryBudget(settings.MEDIA_MEMORY_MB * 2**20)
 
 
 class _reading:
@@ -253,6 +328,7 @@ def render_certificate(path, name, course, issued_at, code):
     """
     from fpdf import FPDF  # only the certificate worker pays for importing it
 
+    name, course = guard.strip_control(name), guard.strip_control(course)  # rows from before the API refused them
     font = find_font()
     pdf = FPDF(orientation="L", unit="mm", format="A4")
     pdf.set_title(f"Certificate: {course}")

@@ -24,9 +24,14 @@ _requests = {}  # (route, method, status) -> count
 _requests_lock = threading.Lock()
 
 
+# Labels come from the request: anything a client can make up folds into one value,
+# so made-up methods or paths cannot grow /metrics without bound.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+
 def count_request(route, method, status):
-    """Count one HTTP request answered by this process."""
-    key = (route, method, str(status))
+    """Count one HTTP request answered by this process; `route` is the matched rule or None."""
+    key = (route or "(unmatched)", method if method in METHODS else "(other)", str(int(status)))
     with _requests_lock:
         _requests[key] = _requests.get(key, 0) + 1
 

@@ -28,6 +28,7 @@ from peewee import BooleanField, CharField, DateTimeField, FloatField, ForeignKe
 from peewee import chunked  # noqa: F401 re-exported: apps import it from here
 from playhouse.migrate import SchemaMigrator, migrate
 
+import guard
 import settings
 from database import (  # noqa: F401 re-exported: callers import the plumbing from models
     MODELS,
@@ -79,17 +80,57 @@ class ApiKey(BaseModel):
     last_used_at = DateTimeField(null=True)
     calls_today = IntegerField(default=0)
     revoked = BooleanField(default=False)
+    scope = CharField(default="admin")  # one of SCOPES
+
+    # "read": GET requests only; "admin": everything, the key list and revoking included.
+    SCOPES = ("read", "admin")
 
     @staticmethod
     def hash(key):
         return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
     @classmethod
-    def create_key(cls, name):
+    def create_key(cls, name, scope="admin"):
         """Create a key; returns (row, the plain key)."""
+        if scope not in cls.SCOPES:
+            raise ValueError(f"scope: expected read or admin, got {scope!r}")
         key = "lj_" + secrets.token_urlsafe(32)
-        row = cls.create(name=name, prefix=key[:8], key_hash=cls.hash(key))
+        row = cls.create(name=name, prefix=key[:8], key_hash=cls.hash(key), scope=scope)
         return row, key
+
+    @classmethod
+    def live(cls):
+        return cls.select().where(cls.revoked == False).order_by(cls.created_at, cls.id)  # noqa: E712
+
+    @classmethod
+    def revoke(cls, name_or_prefix):
+        """Revoke the live key with this prefix, or else the one live key with this name.
+
+        Returns the key, or None when none matches; ValueError when several
+        live keys have that name. Every web process's key cache sees the
+        revoke at its next request (KeyRevision).
+        """
+        matches = list(cls.live().where((cls.prefix == name_or_prefix) | (cls.name == name_or_prefix)))
+        chosen = [key for key in matches if key.prefix == name_or_prefix] or matches
+        if len(chosen) > 1:
+            prefixes = ", ".join(key.prefix for key in chosen)
+            raise ValueError(f"{len(chosen)} live keys are named {name_or_prefix!r} ({prefixes}); give the prefix")
+        if not chosen:
+            return None
+        with db.atomic():
+            cls.update(revoked=True).where(cls.id == chosen[0].id).execute()
+            KeyRevision.bump()
+        return chosen[0]
+
+    def to_dict(self):
+        return {
+            "name": self.name,
+            "prefix": self.prefix,
+            "scope": self.scope,
+            "created_at": isoformat(self.created_at),
+            "last_used_at": isoformat(self.last_used_at),
+            "calls_today": self.calls_today,
+        }
 
     @classmethod
     def authenticate(cls, key):
@@ -117,6 +158,28 @@ class ApiKey(BaseModel):
     def reset_daily_calls(cls):
         """Start every key's daily call counter again at 0; returns how many keys had calls."""
         return cls.update(calls_today=0).where(cls.calls_today != 0).execute()
+
+
+class KeyRevision(BaseModel):
+    """A number that grows with every revoked key: a web process's key cache keeps
+    the number it saw and trusts a cached key only while the number is unchanged."""
+
+    number = IntegerField(default=0)
+
+    class Meta:
+        table_name = "key_revision"
+
+    _CURRENT_SQL = 'SELECT "number" FROM "key_revision" WHERE "id" = 1'
+
+    @classmethod
+    def current(cls):
+        # Read on every cached API call: a plain one-row statement, no model building.
+        row = db.execute_sql(cls._CURRENT_SQL).fetchone()
+        return row[0] if row else 0
+
+    @classmethod
+    def bump(cls):
+        cls.insert(id=1, number=1).on_conflict(conflict_target=[cls.id], update={cls.number: cls.number + 1}).execute()
 
 
 class CallCounter:
@@ -549,7 +612,7 @@ class Job(JobQueries, BaseModel):
             if isinstance(started_at, str):  # a bare column comes back as SQLite text
                 started_at = datetime.datetime.fromisoformat(started_at)
         duration = None if started_at is None else round((now - started_at).total_seconds() * 1000, 3)
-        result = None if result is None else json.dumps(result, default=str)
+        result = None if result is None else guard.dumps(result, default=str)  # NaN is no JSON: stored as null
         if claim is not None:
             return cls._run(cls._FINISH_RUN_SQL, (status, result, error, traceback, now, duration, job_id, claim, "running"))
         params = (status, result, error, traceback, now, duration, job_id, *TERMINAL)
@@ -654,6 +717,13 @@ class Job(JobQueries, BaseModel):
         return cls.select().where(cls.status == status).count()
 
 
+def _add_key_scope(migrator):
+    """6: API keys get a scope; keys made before could do everything, so they stay admin."""
+    steps = add_column_once(migrator, "apikey", "scope", CharField(default="admin"))  # tables made since have it
+    create_tables_once(migrator, [KeyRevision])  # revokes bump it (the key cache of every web process)
+    return steps + [migrator.sql("""UPDATE "apikey" SET "scope" = 'admin' WHERE "scope" IS NULL""")]
+
+
 # Each migration takes a SchemaMigrator; append, never edit or reorder.
 MIGRATIONS = [
     # 1: concurrency limits count running jobs instead of keeping a table of places.
@@ -667,6 +737,8 @@ MIGRATIONS = [
     lambda migrator: add_column_once(migrator, "job", "terminate_requested", BooleanField(default=False)),
     # 5: schedules added and edited at run time, and the log of their changes.
     lambda migrator: create_tables_once(migrator, [StoredSchedule, ScheduleChange]),
+    # 6: API key scopes (read or admin) and the revision that makes a revoke immediate.
+    _add_key_scope,
 ]
 
 

@@ -74,6 +74,7 @@ CURSOR = query_param("cursor", "the `next` value of the previous page", {"type":
 ERRORS = {
     "400": "bad_json: the body is not a JSON object",
     "401": "unauthorized: missing or wrong API key",
+    "403": "forbidden: the API key's scope is read, and this writes or needs an admin key",
     "404": "not_found: no such item",
     "409": "conflict: not possible in the current state",
     "413": "too_large: body over MAX_BODY_BYTES",
@@ -101,7 +102,7 @@ def responses(ok, *errors, public=False, body=False):
         result[status] = answer
     codes = set(errors) | {"429", "503"}
     if not public:
-        codes.add("401")
+        codes |= {"401", "403"}
     if body:
         codes |= {"400", "413"}
     for status in sorted(codes - set(result)):
@@ -276,6 +277,17 @@ SCHEMAS = {
                 {"database": ref("Check"), "queue": ref("Check"), "disk": ref("Check"), "consumer": ref("Check"), "apps": ref("Check")}
             ),
         }
+    ),
+    "ApiKey": obj(
+        {
+            "name": STRING,
+            "prefix": {"type": "string", "description": "the key's first 8 characters: enough to tell keys apart"},
+            "scope": {"type": "string", "enum": ["read", "admin"]},
+            "created_at": TIME,
+            "last_used_at": nullable(TIME),
+            "calls_today": {"type": "integer"},
+        },
+        required=["name", "prefix", "scope", "created_at", "last_used_at", "calls_today"],
     ),
 }
 
@@ -551,6 +563,23 @@ PATHS = {
             public=True,
         )
     },
+    "/api/v1/keys": {
+        "get": operation(
+            "listKeys",
+            "The live API keys (never the keys themselves); needs an admin key",
+            "keys",
+            responses({"200": ("the keys", listing("keys", ref("ApiKey")))}),
+        ),
+    },
+    "/api/v1/keys/{prefix}": {
+        "parameters": [path_param("prefix", "the key's prefix, as GET /api/v1/keys shows it")],
+        "delete": operation(
+            "revokeKey",
+            "Revoke an API key: it stops working at once in every web process; needs an admin key",
+            "keys",
+            responses({"204": ("revoked", None)}, "404", "409"),
+        ),
+    },
     "/health/live": {
         "get": operation(
             "live",
@@ -586,10 +615,15 @@ PATHS = {
                 "Prometheus metrics (text exposition format 0.0.4)",
                 "health",
                 responses(
-                    {"200": ("the metrics", None), "401": ("METRICS_TOKEN is set and was not sent", ref("Error"))},
+                    {
+                        "200": ("the metrics", None),
+                        "401": ("METRICS_TOKEN is set and was not sent", ref("Error")),
+                        "403": ("ENV=production without METRICS_TOKEN or METRICS_PUBLIC=1: loopback only", ref("Error")),
+                    },
                     public=True,
                 ),
-                description="Open unless METRICS_TOKEN is set; then `Authorization: Bearer <METRICS_TOKEN>`.",
+                description="Open unless METRICS_TOKEN is set; then `Authorization: Bearer <METRICS_TOKEN>`. "
+                "With ENV=production and neither METRICS_TOKEN nor METRICS_PUBLIC=1, loopback callers only.",
             ),
             "security": [{}, {"metricsToken": []}],
         }
@@ -619,6 +653,7 @@ DOCUMENT = {
             "analytics",
             "webhooks",
             "courses",
+            "keys",
             "meta",
             "health",
         )

@@ -16,9 +16,6 @@ from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent
 
-# The real environment wins over `.env`, so systemd units and tests stay in control.
-load_dotenv(BASE_DIR / ".env", override=False)
-
 SETTINGS = {}  # name -> (default, description), read by the docs test
 _errors = []
 
@@ -139,6 +136,12 @@ def _timezone(raw):
     return raw
 
 
+# The real environment wins over `.env`, so systemd units and tests stay in control;
+# the test suite reads no file at all (ENV_FILE=none), whatever the project's `.env` holds.
+ENV_FILE = _define("ENV_FILE", str(BASE_DIR / ".env"), "settings file read at start (the environment wins); none = no file")
+if ENV_FILE != "none":
+    load_dotenv(ENV_FILE, override=False)
+
 # -- Where things live -------------------------------------------------------
 DATA_DIR = Path(_define("DATA_DIR", "./data", "folder for SQLite files, the mail outbox and uploads"))
 if not DATA_DIR.is_absolute():
@@ -183,6 +186,13 @@ HOST = _define("HOST", "127.0.0.1", "address the web server listens on")
 PORT = _define("PORT", 8000, "TCP port the web server listens on", _int(1, 65535))
 SECRET_KEY = _define("SECRET_KEY", "", "signs session cookies; required (32+ characters) in production")
 MAX_BODY_BYTES = _define("MAX_BODY_BYTES", 1024 * 1024, "largest JSON body accepted (413 above)", _int(1024))
+HEADER_TIMEOUT = _define(
+    "HEADER_TIMEOUT", 30.0, "seconds a client gets to send its request line and headers (slow clients are cut off)", _float(0.1, 3600)
+)
+IDLE_TIMEOUT = _define("IDLE_TIMEOUT", 60.0, "seconds a kept-alive connection may stay idle before it is closed", _float(0.1, 3600))
+MAX_CONNECTIONS = _define(
+    "MAX_CONNECTIONS", 1000, "most client connections served at once (kept below the open-file limit); more wait", _int(1, 1_000_000)
+)
 UPLOAD_MAX_MB = _define("UPLOAD_MAX_MB", 10, "largest upload accepted, in MiB", _int(1, 1024))
 LOG_LEVEL = _define("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR (any case): litejobs' own log lines", _level)
 LIBRARY_LOG_LEVEL = _define(
@@ -193,7 +203,7 @@ SESSION_HOURS = _define("SESSION_HOURS", 12.0, "hours a dashboard login lasts", 
 LOGIN_ATTEMPTS = _define(
     "LOGIN_ATTEMPTS",
     5,
-    "failed dashboard logins per email in 15 minutes before it waits (an IP address gets 4 times as many)",
+    "failed dashboard logins per email and client address in 15 minutes before they wait (an address gets 4 times as many over all emails)",
     _int(1, 10000),
 )
 
@@ -217,7 +227,10 @@ TRUSTED_HOSTS = _define(
 CORS_ORIGINS = _define(
     "CORS_ORIGINS", [], "origins whose browser pages may call /api/v1, e.g. https://app.example.com; * = any; empty = none", _list
 )
-METRICS_TOKEN = _define("METRICS_TOKEN", "", "bearer token that /metrics requires; empty: /metrics is open")
+METRICS_TOKEN = _define("METRICS_TOKEN", "", "bearer token that /metrics requires; empty: open (to loopback only when ENV=production)")
+METRICS_PUBLIC = _define(
+    "METRICS_PUBLIC", False, "1: with ENV=production and no METRICS_TOKEN, /metrics answers any address, not only loopback", _bool
+)
 
 # -- The consumer ------------------------------------------------------------
 WORKERS = _define("WORKERS", 4, "worker threads of the consumer process that `web.py run` starts", _int(1, 256))
@@ -291,6 +304,9 @@ JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in t
 # -- Orders and the provider -------------------------------------------------
 PROVIDER_URL = _define("PROVIDER_URL", "", "order provider base URL; empty: the built-in sandbox", _url("http", "https"))
 PROVIDER_TOKEN = _define("PROVIDER_TOKEN", "sandbox-token", "token sent to the provider in the X-Provider-Token header")
+SANDBOX = _define(
+    "SANDBOX", False, "1: mount the built-in sandbox provider at /sandbox with ENV=production (always on in development)", _bool
+)
 PROVIDER_TIMEOUT = _define("PROVIDER_TIMEOUT", 10.0, "seconds to wait for the provider", _float(0.1, 300))
 PROVIDER_CONNECT_TIMEOUT = _define(
     "PROVIDER_CONNECT_TIMEOUT", 5.0, "seconds to wait for a connection to the provider", _float(0.1, 300)
@@ -378,6 +394,12 @@ IMAGE_MAX_PIXELS = _define(
     "largest image accepted, in pixels (width × height): the decompression-bomb guard",
     _int(1, 1_000_000_000),
 )
+MEDIA_MEMORY_MB = _define(
+    "MEDIA_MEMORY_MB",
+    256,
+    "memory the image decoding of one process may hold at once; bigger images are refused, others wait their turn",
+    _int(16, 65536),
+)
 CERTIFICATE_FONT = _define(
     "CERTIFICATE_FONT", "", "TrueType font file for certificate PDFs; empty: DejaVu Sans, Noto or Arial found on the system"
 )
@@ -395,8 +417,8 @@ if _errors:
 if not BASE_URL:
     BASE_URL = f"http://{HOST}:{PORT}"
 
-_PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "development"}
-if ENV == "production" and (SECRET_KEY.lower() in _PLACEHOLDER_SECRETS or len(SECRET_KEY) < 32):
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "dev", "development"}
+if ENV == "production" and (SECRET_KEY.lower() in PLACEHOLDER_SECRETS or len(SECRET_KEY) < 32):
     sys.exit(
         "litejobs: SECRET_KEY must be set to a random value of 32+ characters when ENV=production; "
         'make one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
@@ -408,6 +430,12 @@ if not SECRET_KEY:
 HOSTNAME = socket.gethostname()
 
 
+# Data files hold secrets (sessions, PINs, backups of both): whatever the caller's
+# umask, what litejobs creates is readable by its own user only (0600 files in 0700
+# folders); the systemd units set UMask=0077 too.
+os.umask(0o077)
+
+
 def ensure_dir(path, setting):
     """Create folder `path`, or stop with a message naming the setting that chose it."""
     try:
@@ -417,3 +445,7 @@ def ensure_dir(path, setting):
 
 
 ensure_dir(DATA_DIR, "DATA_DIR")
+try:
+    DATA_DIR.chmod(0o700)  # a folder made before the umask: other users cannot look inside
+except OSError:
+    pass  # not ours to change (a mount point): its owner decides

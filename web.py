@@ -35,8 +35,10 @@ from peewee import PeeweeException
 
 
 import backup
+import cli
 import client_cli
 import dashboard
+import guard
 import health
 import joblog
 import jobs
@@ -56,15 +58,18 @@ from api import (
     CORS_HEADERS,
     ApiError,
     add_security_headers,
+    body_limit,
     client_address,
     cors_origin,
     current_key,
     error_body,
     error_response,
+    forget_keys,
     get_job,
     host_allowed,
     html_error,
     is_api_path,
+    is_loopback,
     key_calls,
     json_response,
     query_number,
@@ -108,7 +113,24 @@ def finish_response():
     route = request.environ.get("bottle.route")
     # An exception still in flight here becomes bottle's 500 right after this hook.
     status = 500 if sys.exc_info()[1] is not None else response.status_code
-    metrics.count_request(route.rule if route else "(unmatched)", request.method, status)
+    metrics.count_request(route.rule if route else None, request.method, status)
+
+
+# -- Bodies: a cap per route, forms parsed before any handler -----------------------
+@app.hook("before_request")
+def check_body():
+    """Refuse a body over the route's cap before reading it; a malformed form is a 400, not a 500."""
+    try:
+        guard.cap_body(request.environ, body_limit(request.path))
+        if request.method == "POST" and not is_api_path(request.path) and not request.path.startswith("/sandbox/"):
+            guard.parse_form(request)
+    except guard.Refused as exc:
+        raise error_response(exc.status, exc.code, exc.message) from None
+
+
+@app.hook("after_request")
+def close_body_files():
+    guard.close_files(request.environ)
 
 
 
@@ -341,13 +363,16 @@ def health_live():
 @api("/health/ready", public=True)
 def health_ready():
     """Database, queue, disk and consumer checks: ok, degraded (no consumer, nothing waiting) or down."""
-    status, checks = health.readiness()
+    status, checks = health.readiness(request_id())
     return (503 if status == "down" else 200), {"status": status, "checks": checks}
 
 
 @api("/metrics", public=True)
 def metrics_page():
     """Prometheus metrics; with METRICS_TOKEN set, only for `Authorization: Bearer <token>`."""
+    if not settings.METRICS_TOKEN and settings.ENV == "production" and not settings.METRICS_PUBLIC:
+        if not is_loopback(client_address()):
+            raise ApiError(403, "forbidden", "/metrics answers loopback only; set METRICS_TOKEN (or METRICS_PUBLIC=1)")
     if settings.METRICS_TOKEN:
         header = request.get_header("Authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else ""
@@ -356,6 +381,26 @@ def metrics_page():
                 401, "unauthorized", "send Authorization: Bearer <METRICS_TOKEN>", headers={"WWW-Authenticate": "Bearer"}
             )
     return HTTPResponse(metrics.render(), status=200, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+# -- API keys ----------------------------------------------------------------------
+@api("/api/v1/keys", admin=True)
+def list_keys():
+    """The live API keys: name, prefix, scope, created, last used, calls today (never the key)."""
+    return {"keys": [key.to_dict() for key in ApiKey.live()]}
+
+
+@api("/api/v1/keys/<prefix>", "DELETE", admin=True)
+def revoke_key(prefix):
+    """Revoke the key with this prefix; it stops working at once in every web process."""
+    if not ApiKey.live().where(ApiKey.prefix == prefix).exists():
+        raise ApiError(404, "not_found", f"no live API key with prefix {prefix[:50]!r}; see GET /api/v1/keys")
+    try:
+        ApiKey.revoke(prefix)
+    except ValueError as exc:  # two live keys share the prefix: revoke by name from the command line
+        raise jobs.Conflict(str(exc)) from None
+    forget_keys()
+    return HTTPResponse(status=204)
 
 
 @api("/api/v1/openapi.json", public=True)
@@ -405,17 +450,8 @@ def serve(with_consumer=True, stop_on_stdin_eof=False):
     import signal
 
     import gevent
-    import socket
 
-    from gevent.pywsgi import WSGIHandler, WSGIServer
-
-    class NoDelayHandler(WSGIHandler):
-        def handle(self):
-            # gevent sends a response's headers and body in two writes; with Nagle
-            # on, the body waits for the client's delayed ACK (40 ms on Linux), so
-            # every keep-alive request took 44 ms (bench/, issue 7).
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().handle()
+    from server import make_server
 
     prepare()
     running = backup.running_lock()  # noqa: F841 (held while serving: restore refuses meanwhile)
@@ -423,9 +459,7 @@ def serve(with_consumer=True, stop_on_stdin_eof=False):
     if with_consumer:
         consumer = supervisor.ConsumerProcess()
         consumer.start()
-    server = WSGIServer(
-        (settings.HOST, settings.PORT), app, log=None, error_log=logger, handler_class=NoDelayHandler
-    )
+    server = make_server(app)  # header and idle timeouts, a connection cap, TCP_NODELAY
 
     def stop(*_):
         logger.info("stopping: finishing requests and running jobs")
@@ -485,9 +519,13 @@ def main(argv=None):
     run.add_argument("--stop-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)  # --reload's child
     key = commands.add_parser("create-key", help="create an API key and print it")
     key.add_argument("name")
+    key.add_argument("--scope", choices=ApiKey.SCOPES, default="admin", help="read: GET only; admin: everything (default)")
+    commands.add_parser("keys", help="list the live API keys")
+    revoke = commands.add_parser("revoke-key", help="revoke an API key, at once in every web process")
+    revoke.add_argument("key", metavar="NAME|PREFIX")
     user = commands.add_parser("create-user", help="create a dashboard user")
     user.add_argument("email")
-    user.add_argument("--admin", action="store_true", help="give the user admin rights")
+    user.add_argument("--admin", action="store_true", help="an admin (runs, retries, cancels, pauses, sees secrets); else a viewer")
     user.add_argument("--password", help="the password (asked for when left out)")
     user.add_argument("--name", default="", help="the user's name")
     migrate = commands.add_parser("migrate", help="create missing tables and apply pending migrations")
@@ -511,25 +549,9 @@ def main(argv=None):
         sys.exit(reloader.run(command, sorted(folders), timeout=settings.SHUTDOWN_TIMEOUT + 10))
     elif args.command == "run":
         serve(with_consumer=not args.no_consumer, stop_on_stdin_eof=args.stop_on_stdin_eof)
-    elif args.command == "create-key":
+    elif args.command in ("create-key", "keys", "revoke-key", "create-user"):
         prepare()
-        _, plain = ApiKey.create_key(args.name)
-        print(f"API key {args.name!r} created; it is shown only this once:")
-        print(plain)
-    elif args.command == "create-user":
-        prepare()
-        password = args.password
-        if password is None:
-            import getpass
-
-            password = getpass.getpass("Password: ")
-        if len(password) < 8:
-            sys.exit("litejobs: the password must have at least 8 characters")
-        try:
-            jobs.create_user(args.email.strip().lower(), args.name, password=password, is_admin=args.admin)
-        except jobs.Conflict:
-            sys.exit(f"litejobs: a user with email {args.email!r} exists already")
-        print(f"user {args.email} created; a welcome mail is queued")
+        getattr(cli, args.command.replace("-", "_"))(args)
     elif args.command == "migrate":
         settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
         if not args.status:

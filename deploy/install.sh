@@ -35,6 +35,9 @@ while [ $# -gt 0 ]; do
         *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+# Folders made on the way (/opt/litejobs, parents under --root) must be readable by the
+# service user, whatever umask the caller has; files with secrets set their own below.
+umask 022
 if [ -n "$ROOT" ]; then
     mkdir -p "$ROOT"
     ROOT=$(cd "$ROOT" && pwd)

@@ -7,6 +7,7 @@ PostgreSQL a failure instead of a skip.
 """
 
 import os
+import re
 import uuid
 import sys
 import tempfile
@@ -20,10 +21,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# Tests start from the documented defaults, whatever the shell or the project's
+# `.env` holds: every litejobs setting leaves the environment, and `.env` is not read.
+def _setting_names():
+    sources = [ROOT / "settings.py", *sorted(ROOT.glob("apps/**/*.py"))]
+    return {name for path in sources for name in re.findall(r'_?define\(\s*"([A-Z][A-Z0-9_]*)"', path.read_text(encoding="utf-8"))}
+
+
+for _name in _setting_names():
+    os.environ.pop(_name, None)
+os.environ["ENV_FILE"] = "none"  # inherited by the processes tests start, too
+
 # Settings are read once at import: point them at a scratch folder first.
 _session_dir = tempfile.mkdtemp(prefix="litejobs-tests-")
 os.environ["DATA_DIR"] = _session_dir
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ["LOG_LEVEL"] = "WARNING"
 # Consumers in tests run jobs only; tests/test_periodic.py drives schedule ticks itself.
 os.environ["RUN_SCHEDULES"] = "0"
 # Keys and tables of this run only: in Redis every key has this prefix, and the

@@ -34,7 +34,7 @@ REQUIRE_SERVICES = os.environ.get("LITEJOBS_REQUIRE_SERVICES") == "1"
 
 def base_env(**extra):
     """The environment of a litejobs process in a test: the defaults of every setting, this run's queue name."""
-    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    environ = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS or k == "ENV_FILE"}  # ENV_FILE=none: no .env
     environ.update(QUEUE_NAME=settings.QUEUE_NAME, **extra)
     return environ
 

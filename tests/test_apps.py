@@ -137,7 +137,7 @@ BROKEN = {
 
 def start_command(tmp_path, **env):
     """`web.py create-key` (which loads every app, as a start does) with FUNCTIONS_DIR in tmp_path."""
-    env = cli_env(tmp_path, FUNCTIONS_DIR=str(tmp_path / "functions"), SECRET_KEY="s" * 40, **env)
+    env = cli_env(tmp_path, FUNCTIONS_DIR=str(tmp_path / "functions"), SECRET_KEY="s" * 40, PROVIDER_TOKEN="p" * 24, **env)
     return subprocess.run(
         [sys.executable, "web.py", "create-key", "x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )

@@ -101,9 +101,12 @@ def test_chunked_body_over_the_limit_is_413(client):
         conn.putheader("Transfer-Encoding", "chunked")
         conn.endheaders()
         chunk = b"x" * 65536
-        for _ in range(20):
-            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        conn.send(b"0\r\n\r\n")
+        try:
+            for _ in range(20):
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered 413 once over the limit, without reading the rest
         reply = conn.getresponse()
         assert reply.status == 413
         assert json.loads(reply.read())["error"]["code"] == "too_large"

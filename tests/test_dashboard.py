@@ -191,10 +191,11 @@ def test_login_attempts_are_throttled(browser, user):
 
 def test_throttle_holds_across_web_processes_and_lifts_after_the_window(browser, user):
     # Failures are rows in the database: another web process sees the same count.
-    models.LoginFailure.record(*[f"email:{EMAIL}"] * dashboard.settings.LOGIN_ATTEMPTS)
+    account_key, _ = dashboard.throttle_keys(EMAIL, "127.0.0.1")
+    models.LoginFailure.record(*[account_key] * dashboard.settings.LOGIN_ATTEMPTS)
     assert browser.login().status == 429
     later = models.utcnow() + models.LoginFailure.WINDOW + datetime.timedelta(seconds=1)
-    assert models.LoginFailure.wait(f"email:{EMAIL}", dashboard.settings.LOGIN_ATTEMPTS, now=later) == 0
+    assert models.LoginFailure.wait(account_key, dashboard.settings.LOGIN_ATTEMPTS, now=later) == 0
     assert account_tasks.cleanup_expired_tokens.call_local()["login_failures"] == 0  # still inside the window now
     assert models.LoginFailure.delete_old(later) == dashboard.settings.LOGIN_ATTEMPTS
 
@@ -203,6 +204,22 @@ def test_throttle_counts_per_ip_too(browser, user):
     for number in range(dashboard.settings.LOGIN_ATTEMPTS * 4):
         browser.login(email=f"guess{number}@example.com", password="wrong")
     assert browser.login().status == 429
+
+
+def test_failures_from_one_address_never_lock_the_owner_out_elsewhere(server_url, user):
+    """The throttle is per account and address: an attacker's failures lock only the attacker."""
+    attacker, owner = Browser(server_url), Browser(server_url)
+    elsewhere = {"X-Forwarded-For": "203.0.113.7"}  # the test server's peer, 127.0.0.1, is a trusted proxy
+    for _ in range(dashboard.settings.LOGIN_ATTEMPTS + 2):
+        token = attacker.csrf("/login")
+        attacker.request("POST", "/login", {"email": EMAIL, "password": "wrong", "csrf_token": token}, headers=elsewhere)
+    token = attacker.csrf("/login")
+    locked = attacker.request("POST", "/login", {"email": EMAIL, "password": PASSWORD, "csrf_token": token}, headers=elsewhere)
+    assert locked.status == 429
+    token = owner.csrf("/login")
+    home = {"X-Forwarded-For": "198.51.100.2"}
+    reply = owner.request("POST", "/login", {"email": EMAIL, "password": PASSWORD, "csrf_token": token}, headers=home)
+    assert reply.status == 303 and dashboard.SESSION_COOKIE in owner.cookies
 
 
 def test_forged_session_cookie_is_no_session(browser, user):

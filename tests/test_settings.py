@@ -1,5 +1,6 @@
 """Settings: defaults, `.env`, clear errors at start, and the docs listing every one."""
 
+import os
 import re
 import subprocess
 import sys
@@ -49,7 +50,9 @@ def test_production_refuses_placeholder_secret_key(tmp_path, secret):
 
 
 def test_production_accepts_a_real_secret_key(tmp_path):
-    result = run_python("import settings; print(settings.ENV)", tmp_path, ENV="production", SECRET_KEY="x" * 40)
+    result = run_python(
+        "import settings; print(settings.ENV)", tmp_path, ENV="production", SECRET_KEY="x" * 40, PROVIDER_TOKEN="t" * 24
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "production"
 
@@ -68,6 +71,7 @@ def test_dotenv_is_read_but_environment_wins(tmp_path):
     (project / "settings.py").write_text((ROOT / "settings.py").read_text())
     (project / ".env").write_text("PORT=9001\nHOST=0.0.0.0\n")
     environ = base_env()
+    environ.pop("ENV_FILE", None)  # this test reads a `.env`: the default file, beside settings.py
     environ.update(HOST="127.0.0.2", DATA_DIR=str(tmp_path / "data"))
     result = subprocess.run(
         [sys.executable, "-c", "import settings; print(settings.PORT, settings.HOST)"],
@@ -142,3 +146,54 @@ def test_log_levels_are_read_in_any_case(tmp_path, value):
 def test_a_wrong_log_level_names_the_choices(tmp_path):
     result = run_python("import settings", tmp_path, LOG_LEVEL="loud")
     assert result.returncode != 0 and "LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR (any case), got 'loud'" in result.stderr
+def test_the_suite_starts_from_the_defaults_whatever_the_shell_or_env_file_holds(tmp_path):
+    """A small test run under a shell and a `.env` that both set settings still sees the defaults."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_defaults.py").write_text(
+        "import settings\n"
+        "def test_defaults():\n"
+        "    assert settings.ORDER_FIRST_CHECK_DELAY == 60.0\n"
+        "    assert settings.PORT == 8000 and settings.WORKERS == 4 and settings.ENV == 'development'\n"
+    )
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("ORDER_FIRST_CHECK_DELAY=1\nPORT=9999\nWORKERS=1\n")
+    environ = dict(os.environ, ENV_FILE=str(env_file), ORDER_FIRST_CHECK_DELAY="1", PORT="9100", ENV="production")
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+    # `-p conftest` loads the suite's own conftest.py first, as it is for every test file.
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider", str(tmp_path / "tests" / "test_defaults.py")],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
+
+
+@pytest.mark.parametrize("token", [None, "sandbox-token", "change-me", "Sandbox-Token"])
+def test_production_refuses_the_default_provider_token(tmp_path, token):
+    env = {"ENV": "production", "SECRET_KEY": "x" * 40}
+    if token is not None:
+        env["PROVIDER_TOKEN"] = token
+    result = run_python("import web", tmp_path, **env)  # the orders app checks it when it loads
+    assert result.returncode != 0
+    assert "PROVIDER_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+ROUTES = "import web; print(sorted({r.rule.split('<')[0] for r in web.app.routes if r.rule.startswith('/sandbox')}))"
+
+
+@pytest.mark.parametrize(
+    ("env", "mounted"),
+    [
+        ({"ENV": "production"}, False),
+        ({"ENV": "production", "SANDBOX": "0"}, False),
+        ({"ENV": "production", "SANDBOX": "1"}, True),
+        ({}, True),  # development: always on
+        ({"SANDBOX": "0"}, True),
+    ],
+)
+def test_sandbox_is_mounted_in_production_only_when_asked(tmp_path, env, mounted):
+    if env.get("ENV") == "production":
+        env = {**env, "SECRET_KEY": "x" * 40, "PROVIDER_TOKEN": "t" * 24}
+    result = run_python(ROUTES, tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert ("/sandbox/" in result.stdout) is mounted, result.stdout

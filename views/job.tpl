@@ -4,7 +4,9 @@
 <div class="head">
   <h1>{{job.name}} <span class="status status-{{job.status}}">{{job.status}}</span></h1>
   <div class="actions">
-    % if job.status in terminal:
+    % if not user.is_admin:
+    <span class="muted">viewer: read only</span>
+    % elif job.status in terminal:
     <form method="post" action="/jobs/{{job.id}}/retry">
       <input type="hidden" name="csrf_token" value="{{csrf_token}}">
       <button type="submit">Retry</button>

@@ -7,7 +7,7 @@
 % if order.status == "completed":
 <section class="card ok">
   <h2>PIN</h2>
-  <p class="pin" id="pin">{{order.pin_code}}</p>
+  <p class="pin" id="pin">{{order.pin_code if user.is_admin else "•••• (shown to admins only)"}}</p>
   <p class="muted">completed {{stamp(order.completed_at)}} after {{order.checks}} check{{'' if order.checks == 1 else 's'}}</p>
 </section>
 % elif order.status == "failed":

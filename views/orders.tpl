@@ -1,5 +1,6 @@
 % rebase('layout')
 <h1>Orders</h1>
+% if user.is_admin:
 <form class="card run" method="post" action="/orders">
   <h2>New order</h2>
   <input type="hidden" name="csrf_token" value="{{csrf_token}}">
@@ -18,6 +19,7 @@
   <button type="submit">Place order</button>
   <p class="hint">The order goes to the provider at once; its page shows the PIN when the provider has it.</p>
 </form>
+% end
 
 <div id="order-list"{{!' data-refresh="2"' if live else ''}}>
 <p class="filters-inline">
@@ -37,7 +39,7 @@
       <td><a class="mono" href="/orders/{{o.id}}">{{o.id[:8]}}</a></td>
       <td><span class="status status-{{o.status}}">{{o.status}}</span></td>
       <td>{{o.product_id}}</td><td>{{o.package_id}}</td><td>{{o.user_identifier}}</td>
-      <td class="mono">{{o.pin_code or ""}}</td>
+      <td class="mono">{{(o.pin_code if user.is_admin else "••••") if o.pin_code else ""}}</td>
       <td class="r">{{o.checks}}</td>
       <td class="nowrap" title="{{stamp(o.created_at)}}">{{ago(o.created_at)}}</td>
     </tr>

@@ -8,7 +8,7 @@
 % if error:
 <p class="error" role="alert">{{error}}</p>
 % end
-<form class="card run" method="post" action="/run/{{function.name}}">
+<form class="card run"{{!' method="post" action="/run/' + function.name + '"' if user.is_admin else ''}}>
   <input type="hidden" name="csrf_token" value="{{csrf_token}}">
   % if not function.params:
   <p class="muted">This function takes no arguments.</p>
@@ -48,5 +48,9 @@
     % end
   </div>
   % end
+  % if user.is_admin:
   <button type="submit">Run</button>
+  % else:
+  <p class="muted">Only admins can run functions.</p>
+  % end
 </form>

@@ -23,6 +23,7 @@
       % end
       </td>
       <td class="nowrap">
+      % if user.is_admin:
         <form method="post" action="/schedules/{{s['name']}}/{{'resume' if s['paused'] else 'pause'}}">
           <input type="hidden" name="csrf_token" value="{{csrf_token}}">
           <button type="submit" class="secondary">{{"Resume" if s["paused"] else "Pause"}}</button>
@@ -31,6 +32,7 @@
           <input type="hidden" name="csrf_token" value="{{csrf_token}}">
           <button type="submit">Run now</button>
         </form>
+      % end
       </td>
     </tr>
   % end

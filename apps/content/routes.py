@@ -3,11 +3,13 @@
 
 from bottle import Bottle, MultipartError, request, static_file
 
+import guard
 import jobs
 import media
 import settings
 from api import (
     ApiError,
+    allow_large_body,
     json_response,
     no_unknown_fields,
     query_number,
@@ -26,6 +28,8 @@ api = router(routes)
 
 # Room for the multipart boundaries and part headers around the file itself.
 UPLOAD_OVERHEAD = 64 * 1024
+# Only this route takes a body over MAX_BODY_BYTES (api.body_limit checks it before any handler).
+allow_large_body(r"/api/v1/posts/[^/]+/media", lambda: settings.UPLOAD_MAX_MB * 1024 * 1024 + UPLOAD_OVERHEAD)
 
 
 @api("/api/v1/posts/<post_id>/media", "POST")
@@ -50,7 +54,7 @@ def upload_media(post_id):
     except media.UploadTooLarge:
         raise ApiError(413, "too_large", f"file is over {settings.UPLOAD_MAX_MB} MiB; {too_large}") from None
     try:
-        item = analytics.Media.create(post=post, token=token, filename=(upload.raw_filename or "")[:200], size_bytes=size)
+        item = analytics.Media.create(post=post, token=token, filename=guard.strip_control(upload.raw_filename or "")[:200], size_bytes=size)
         try:
             job = jobs.enqueue("process_media_upload", media_id=item.id)
         except jobs.Unavailable:
@@ -69,8 +73,9 @@ def _uploaded_file():
         raise ApiError(422, "invalid_argument", "file: send the image as multipart/form-data in a field named file", "file")
     try:
         upload = request.files.get("file")
-    except MultipartError as exc:  # bottle's own is an HTML 400
-        raise ApiError(422, "invalid_argument", f"file: the multipart body is malformed ({exc.body})", "file") from None
+    except (MultipartError, ValueError) as exc:  # bottle's own is an HTML 400; a control character in a part header is a ValueError
+        detail = getattr(exc, "body", None) or str(exc)
+        raise ApiError(422, "invalid_argument", f"file: the multipart body is malformed ({str(detail)[:100]})", "file") from None
     if upload is None:
         raise ApiError(422, "invalid_argument", "file: missing; send the image in a multipart field named file", "file")
     return upload
@@ -107,7 +112,7 @@ def create_post():
     body = read_json()
     no_unknown_fields(body, ("author_id", "body"))
     author = ref_field(body, "author_id", User, "user")
-    post = analytics.Post.publish(author.id, text_field(body.get("body"), "body", 10000))
+    post = analytics.Post.publish(author.id, text_field(body.get("body"), "body", 10000, multiline=True))
     return json_response(201, post.to_dict())
 
 

@@ -6,6 +6,8 @@ import logging
 import re
 import time
 
+from huey.exceptions import RetryTask
+
 import mailer
 import media
 import schedules
@@ -148,7 +150,9 @@ def cleanup_old_posts():
 
 
 # -- Media renditions ----------------------------------------------------------
-@task(queue="media", retries=2, retry_delay=10)
+# limit: two decodes at once across all consumers by default (each may hold
+# MEDIA_MEMORY_MB); CONCURRENCY_LIMITS=process_media_upload=N changes it.
+@task(queue="media", retries=2, retry_delay=10, limit=2)
 def process_media_upload(media_id: int):
     """Check an uploaded image and write its WebP renditions: web 1600 px, thumbnails 640 and 320 px.
 
@@ -163,6 +167,8 @@ def process_media_upload(media_id: int):
             info = media.off_the_loop(media.make_renditions, item.original_path, item.folder)
         except media.ImageRejected as exc:
             _reject_media(item, str(exc))
+        except media.MemoryBusy as exc:  # other decodes hold the memory: wait for them, not a failure
+            raise RetryTask(f"{exc}; trying again in 2 s", delay=2) from None
         except FileNotFoundError:
             if item.original_path.exists():
                 raise

@@ -20,6 +20,7 @@ import json
 from bottle import request
 from peewee import BooleanField, CharField, DateTimeField, IntegrityError, TextField
 
+import sealing
 import settings
 from httpclient import answer, refusal
 from models import BaseModel, db, isoformat, utcnow
@@ -45,11 +46,14 @@ def users_system_secret():
 def users_system_webhook():
     """The live Webhook row for the users' system at its configured URL and secret (made on first use)."""
     url, secret, Webhook = users_system_url(), users_system_secret(), webhooks().Webhook
-    found = Webhook.live().where((Webhook.url == url) & (Webhook.secret == secret) & (Webhook.events == "[]"))
-    webhook = found.first()
-    if webhook is None:
-        webhook = Webhook.create(url=url, events="[]", secret=secret)
-    return webhook
+    # Stored sealed like every webhook secret (a fresh nonce each time): compared opened.
+    for webhook in Webhook.live().where((Webhook.url == url) & (Webhook.events == "[]")):
+        try:
+            if webhook.signing_secret == secret:
+                return webhook
+        except sealing.UnsealError:
+            continue  # sealed under an older SECRET_KEY: a new row takes its place
+    return Webhook.create(url=url, events="[]", secret=sealing.seal(secret))
 
 
 def queue_message(event, data, key):

@@ -1,8 +1,18 @@
 """orders: orders placed with a provider (or the built-in sandbox), checked until done."""
 
+import sys
+
+import settings
 from apps.orders import migrations, models, openapi, pages, provider, routes, tasks
 from hooks import App
 from schedules import schedule
+
+# Like a placeholder SECRET_KEY, the public default token stops a production start.
+if settings.ENV == "production" and settings.PROVIDER_TOKEN.lower() in settings.PLACEHOLDER_SECRETS | {"sandbox-token"}:
+    sys.exit(
+        "litejobs: PROVIDER_TOKEN must be set to the token your order provider gave you when ENV=production; "
+        "the default 'sandbox-token' is public"
+    )
 
 app = App(
     "orders",

@@ -3,9 +3,11 @@
 
 from bottle import Bottle, request
 
+import settings
 from api import (
     ApiError,
     current_key,
+    is_admin_key,
     json_response,
     query_number,
     read_json,
@@ -20,8 +22,10 @@ api = router(routes)
 
 
 # The sandbox provider is its own WSGI app: its errors stay in the provider's JSON
-# shape, and it needs no API key (it checks the provider token instead).
-routes.mount("/sandbox/", provider.sandbox.wsgi)
+# shape, and it needs no API key (it checks the provider token instead). In production
+# it is there only when asked for (SANDBOX=1).
+if settings.ENV != "production" or settings.SANDBOX:
+    routes.mount("/sandbox/", provider.sandbox.wsgi)
 
 
 def get_order(order_id):
@@ -29,6 +33,14 @@ def get_order(order_id):
     if order is None:
         raise ApiError(404, "not_found", f"no order with id {order_id!r}")
     return order
+
+
+def order_dict(order):
+    """An order as the API shows it: its PIN only to admin keys, as the dashboard shows it only to admins."""
+    data = order.to_dict()
+    if data.get("pin_code") and not is_admin_key():
+        data["pin_code"] = "••••"
+    return data
 
 
 @api("/api/v1/orders", "POST")
@@ -47,7 +59,7 @@ def create_order():
 @api("/api/v1/orders/<order_id>")
 def show_order(order_id):
     """One order: status, provider reference, PIN, checks and error."""
-    return get_order(order_id).to_dict()
+    return order_dict(get_order(order_id))
 
 
 @api("/api/v1/orders")
@@ -62,4 +74,4 @@ def list_orders():
         rows, cursor = orders.Order.page(status, limit, request.query.getunicode("cursor"))
     except ValueError:
         raise ApiError(422, "invalid_argument", "cursor: not a cursor returned by this API", "cursor") from None
-    return {"orders": [order.to_dict() for order in rows], "next": cursor}
+    return {"orders": [order_dict(order) for order in rows], "next": cursor}

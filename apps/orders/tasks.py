@@ -10,6 +10,7 @@ from huey.exceptions import RetryTask
 from peewee import IntegrityError, PeeweeException, fn
 from playhouse.pool import PooledDatabase
 
+import guard
 import hooks
 from apps.orders import provider
 from apps.orders.models import ORDER_STATUSES, Order
@@ -104,6 +105,9 @@ def validate_order(body):
             raise ArgumentError(name, "must not be blank")
         if len(value) > longest:
             raise ArgumentError(name, f"at most {longest} characters, got {len(value)}")
+        char = guard.control_character(value)
+        if char is not None:  # it goes to the provider, the log and the dashboard
+            raise ArgumentError(name, f"control character {char!r} not allowed")
         clean[name] = value
     return clean
 

@@ -5,4 +5,15 @@ Append, never edit or reorder: a step's number is its place in this list. For ex
     lambda migrator: models.add_column_once(migrator, "orders", "note", TextField(default="")),
 """
 
-MIGRATIONS = []
+from apps.webhooks.models import Webhook
+
+
+def seal_plain_secrets(migrator):
+    """1: signing secrets stored in plain text before sealing.py are sealed in place."""
+    Webhook.seal_plain_secrets()
+    return []
+
+
+MIGRATIONS = [
+    seal_plain_secrets,
+]

@@ -36,7 +36,9 @@ from peewee import (
 
 from huey.exceptions import RetryTask
 
+import guard
 import hooks
+import sealing
 import settings
 from jobs import JobError, Unavailable, submit
 from models import BaseModel, Job, User, db, isoformat, utcnow
@@ -70,6 +72,8 @@ def check_url(url, allow_private=False):
         raise BadURL("expected an http:// or https:// URL")
     if len(url) > MAX_URL_LENGTH:
         raise BadURL(f"longer than {MAX_URL_LENGTH} characters")
+    if guard.control_character(url.strip()):  # urlsplit drops tabs and newlines silently
+        raise BadURL("must not contain control characters")
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -104,12 +108,41 @@ def _non_public_kind(address):
     # ::ffff:127.0.0.1 reaches 127.0.0.1: judge the IPv4 address inside.
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip.version == 6:
+        # 6to4, Teredo, NAT64, ISATAP and the like carry an IPv4 address that a
+        # gateway may forward to: a private one inside makes the whole address private.
+        for inner in embedded_ipv4(ip):
+            kind = _non_public_kind(str(inner))
+            if kind:
+                return f"{kind} (inside {ip})"
     for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
     if not ip.is_global:  # e.g. 100.64.0.0/10, shared by carriers
         return "non-global"
     return None
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_IN_LOW_BITS = (
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated)
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
+)
+
+
+def embedded_ipv4(ip):
+    """The IPv4 addresses an IPv6 address carries (6to4, Teredo, NAT64, ISATAP, compatible forms)."""
+    found = []
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # (server, client)
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in net for net in _NAT64 + _IPV4_IN_LOW_BITS) and int(ip) > 0xFFFF:
+        found.append(low)
+    if (int(ip) >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP interface id: [02]00:5efe:a.b.c.d
+        found.append(low)
+    return found
 
 
 # -- Signatures ------------------------------------------------------------------
@@ -243,14 +276,28 @@ class Webhook(BaseModel):
 
     url = TextField()
     events = TextField()  # a JSON list of event names
-    secret = CharField()
+    secret = CharField()  # sealed (sealing.py): a copied database or backup alone does not reveal it
     created_at = DateTimeField(default=utcnow)
     active = BooleanField(default=True)
 
     @classmethod
     def subscribe(cls, url, events):
         """A new webhook with a fresh signing secret."""
-        return cls.create(url=url, events=json.dumps(events), secret="whsec_" + secrets.token_urlsafe(32))
+        plain = "whsec_" + secrets.token_urlsafe(32)
+        return cls.create(url=url, events=json.dumps(events), secret=sealing.seal(plain))
+
+    @property
+    def signing_secret(self):
+        """The plain signing secret; raises sealing.UnsealError when SECRET_KEY changed since."""
+        return sealing.unseal(self.secret)
+
+    @classmethod
+    def seal_plain_secrets(cls):
+        """Seal the secrets of webhooks stored before sealing existed; returns how many."""
+        sealed = 0
+        for row in cls.select(cls.id, cls.secret).where(~cls.secret.startswith(sealing.PREFIX)):
+            sealed += cls.update(secret=sealing.seal(row.secret)).where((cls.id == row.id) & (cls.secret == row.secret)).execute()
+        return sealed
 
     @classmethod
     def live(cls):
@@ -273,7 +320,7 @@ class Webhook(BaseModel):
     def to_dict(self, secret=False):
         body = {"id": str(self.id), "url": self.url, "events": self.event_names, "created_at": isoformat(self.created_at)}
         if secret:
-            body["secret"] = self.secret
+            body["secret"] = self.signing_secret
         return body
 
 
@@ -497,9 +544,14 @@ def deliver(delivery_id, allow_private=None, max_attempts=None):
     if not webhook.active:
         WebhookDelivery.give_up(delivery.id, "webhook deleted before delivery")
         return "webhook deleted; not sent"
+    try:
+        secret = webhook.signing_secret
+    except sealing.UnsealError as exc:  # no retry can fix this: fail now, with the cause
+        WebhookDelivery.give_up(delivery.id, f"signing secret unreadable: {exc}")
+        raise JobError(f"webhook {webhook.id}: signing secret unreadable ({exc}); create the webhook again") from None
     outcome = send(
         webhook.url,
-        webhook.secret,
+        secret,
         delivery.payload.encode("utf-8"),
         delivery.event,
         timeout=settings.WEBHOOK_TIMEOUT,

@@ -456,3 +456,36 @@ def test_docs_receiver_snippet_checks_real_signatures():
     assert not namespace["verify"]("whsec_x", header, body + b" ")
     assert not namespace["verify"]("whsec_y", header, body)
     assert not namespace["verify"]("whsec_x", webhooks.sign("whsec_x", body, t=time.time() - 3600), body)
+
+
+# IPv6 forms that carry an IPv4 address a gateway forwards to: 6to4, Teredo, NAT64
+# (well-known and local-use prefixes), ISATAP, IPv4-compatible and IPv4-translated.
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2002:a9fe:a9fe::",  # 6to4 of 169.254.169.254
+        "2002:c0a8:101::",  # 6to4 of 192.168.1.1
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+        "64:ff9b:1::a00:1",  # local-use NAT64 of 10.0.0.1
+        "2001:db8:1::5efe:7f00:1",  # ISATAP of 127.0.0.1
+        "2600:1::200:5efe:a01:203",  # ISATAP (global id) of 10.1.2.3
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::ffff:0:7f00:1",  # IPv4-translated 127.0.0.1
+    ],
+)
+def test_ipv6_forms_embedding_a_private_ipv4_are_refused(client, monkeypatch, address):
+    monkeypatch.setattr(settings, "WEBHOOK_ALLOW_PRIVATE", False)
+    error = assert_error(
+        client.post("/api/v1/webhooks", {"url": f"http://[{address}]/hook", "events": ["job.failed"]}),
+        422,
+        "invalid_argument",
+        "url",
+    )
+    assert "WEBHOOK_ALLOW_PRIVATE=1" in error["message"]
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "2600:1::200:5efe:808:808", "2606:4700:4700::1111"])
+def test_ipv6_forms_embedding_a_public_ipv4_pass(address):
+    assert webhooks._non_public_kind(address) is None

@@ -1,0 +1,141 @@
+"""litejobs server: the gevent WSGI server of `web.py run`, with the limits a public port needs.
+
+gevent's WSGIServer waits forever for a client's headers and accepts every
+connection it is offered, so a few hundred clients that never finish their
+headers used up the process's file descriptors. Here:
+
+- a client gets HEADER_TIMEOUT seconds from its first byte (or from connecting)
+  to the end of its headers, however slowly it trickles them;
+- a kept-alive connection that sends nothing for IDLE_TIMEOUT seconds is closed;
+- at most MAX_CONNECTIONS connections are served at once (kept below the
+  open-file limit); more wait in the kernel's listen queue, using no descriptor here;
+- every socket has TCP_NODELAY (see NoDelayHandler.handle).
+"""
+
+import logging
+import socket
+
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+import settings
+
+logger = logging.getLogger("litejobs.server")
+
+# Descriptors kept free for what is not a client connection: database and queue
+# files or sockets, the log, uploads being written, the consumer's own.
+RESERVED_DESCRIPTORS = 128
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class HeadersTooSlow(ValueError):
+    """The client did not finish its request line and headers within HEADER_TIMEOUT."""
+
+
+class LimitedHandler(WSGIHandler):
+    """gevent's handler with a header-read deadline and an idle keep-alive timeout."""
+
+    header_timeout = 30.0
+    idle_timeout = 60.0
+    _served = 0
+    _header_timer = None
+
+    def handle(self):
+        # gevent sends a response's headers and body in two writes; with Nagle
+        # on, the body waits for the client's delayed ACK (40 ms on Linux), so
+        # every keep-alive request took 44 ms (bench/, issue 7).
+        if self.socket.family in (socket.AF_INET, socket.AF_INET6):
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle()
+
+    def read_requestline(self):
+        if self._served and not self._data_within(self.idle_timeout):
+            return ""  # idle keep-alive connection: close it
+        # One deadline for the request line and every header, however slowly they come.
+        self._header_timer = gevent.Timeout(self.header_timeout, HeadersTooSlow)
+        self._header_timer.start()
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._stop_header_timer()
+
+    def handle_one_request(self):
+        try:
+            result = super().handle_one_request()
+        except HeadersTooSlow:
+            logger.info("closed a connection from %s: no complete headers within %g s", self.client_address, self.header_timeout)
+            return None
+        finally:
+            self._stop_header_timer()
+        self._served += 1
+        return result
+
+    def _handle_client_error(self, ex):
+        # gevent's hook for bad requests: a header deadline met mid-headers is a 408, not a traceback.
+        if isinstance(ex, HeadersTooSlow):
+            logger.info("closed a connection from %s: no complete headers within %g s", self.client_address, self.header_timeout)
+            self.close_connection = True
+            return ("408", _REQUEST_TIMEOUT)
+        return super()._handle_client_error(ex)
+
+    def _data_within(self, seconds):
+        """Whether the client sends something within `seconds`."""
+        timer = gevent.Timeout(seconds)
+        timer.start()
+        try:
+            return bool(self.rfile.peek(1))
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            return False
+        except OSError:
+            return False
+        finally:
+            timer.close()
+
+    def _stop_header_timer(self):
+        if self._header_timer is not None:
+            self._header_timer.close()
+            self._header_timer = None
+
+
+def connection_limit(wanted=None):
+    """MAX_CONNECTIONS, lowered to stay RESERVED_DESCRIPTORS below the open-file limit."""
+    wanted = wanted or settings.MAX_CONNECTIONS
+    try:
+        import resource  # POSIX only; Windows has no such limit to respect
+    except ImportError:
+        return wanted
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - RESERVED_DESCRIPTORS >= wanted:
+        return wanted
+    lowered = max(soft - RESERVED_DESCRIPTORS, 8)
+    logger.warning(
+        "MAX_CONNECTIONS=%s is too close to the open-file limit (%s): serving at most %s connections; "
+        "raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) to serve more",
+        wanted,
+        soft,
+        lowered,
+    )
+    return lowered
+
+
+def make_server(app, host=None, port=None):
+    """The WSGIServer for `app` on HOST:PORT with the limits above."""
+
+    class Handler(LimitedHandler):
+        header_timeout = settings.HEADER_TIMEOUT
+        idle_timeout = settings.IDLE_TIMEOUT
+
+    return WSGIServer(
+        (host or settings.HOST, port or settings.PORT),
+        app,
+        log=None,
+        error_log=logger,
+        handler_class=Handler,
+        spawn=Pool(connection_limit()),
+    )
