@@ -7,6 +7,7 @@ import pytest
 from helpers import Client, assert_error
 
 import jobs
+import loader
 import models
 import openapi
 import schedules
@@ -90,7 +91,7 @@ def test_create_user_makes_a_viewer_unless_admin(tmp_path):
 # -- 6. API key scopes ----------------------------------------------------------------------
 WRITES = [
     (method.upper(), path)
-    for path, item in openapi.document(jobs.loaded_apps(), jobs.public_functions())["paths"].items()
+    for path, item in openapi.document(loader.loaded_apps(), jobs.public_functions())["paths"].items()
     for method, op in item.items()
     if method in ("post", "put", "patch", "delete") and op.get("security") != []
 ]
@@ -199,7 +200,7 @@ def test_a_revoke_works_at_once_in_every_web_process(tmp_path):
 # -- What held: every API operation needs a key ------------------------------------------------
 PROTECTED = [
     (method.upper(), path)
-    for path, item in openapi.document(jobs.loaded_apps(), jobs.public_functions())["paths"].items()
+    for path, item in openapi.document(loader.loaded_apps(), jobs.public_functions())["paths"].items()
     for method, op in item.items()
     if method in ("get", "post", "put", "patch", "delete") and op.get("security") != [] and path.startswith("/api/")
 ]
