@@ -18,10 +18,11 @@ litejobs, only the standard library and bottle.
 
 import http.client
 import json
+import logging
 import threading
 from urllib.parse import urlsplit
 
-from bottle import HTTPResponse, request
+from bottle import Bottle, HTTPResponse, request, response
 
 MAX_REPLY_BYTES = 1024 * 1024
 
@@ -175,3 +176,31 @@ def read_object():
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def sandbox_app(db):
+    """A Bottle app for a built-in sandbox service: one database connection per request
+    (`db`), and its errors in JSON, like the service it plays."""
+    app = Bottle()
+
+    @app.hook("before_request")
+    def open_connection():
+        db.connect(reuse_if_open=True)
+
+    @app.hook("after_request")
+    def close_connection():
+        if not db.is_closed() and not db.in_transaction():
+            db.close()
+
+    def error(error):
+        if error.status_code >= 500:
+            logging.getLogger("litejobs.sandbox").error(
+                "sandbox request %s %s failed: %s", request.method, request.path, error.exception
+            )
+        message = "internal error" if error.status_code >= 500 else f"{error.status_code}: {error.status_line}"
+        response.content_type = "application/json; charset=utf-8"
+        return json.dumps({"error": {"code": "http_" + str(error.status_code), "message": message}})
+
+    for status in (400, 404, 405, 413, 500):
+        app.error(status)(error)
+    return app

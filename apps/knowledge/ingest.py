@@ -32,11 +32,11 @@ import random
 import time
 from urllib.parse import quote
 
-from bottle import Bottle, HTTPResponse, request, response
+from bottle import HTTPResponse, request
 from peewee import BooleanField, CharField, DateTimeField, IntegerField, TextField, fn
 
 import settings
-from httpclient import JsonClient, PermanentError, RetryableError, answer, read_object, refusal
+from httpclient import JsonClient, PermanentError, RetryableError, answer, read_object, refusal, sandbox_app
 from models import BaseModel, chunked, db, utcnow
 
 from .delivery import webhooks
@@ -406,32 +406,10 @@ def fill_sandbox(documents=200, seed=0, now=None):
 
 
 # -- The sandbox ingest service and embedder -----------------------------------------------
-sandbox = Bottle()
+sandbox = sandbox_app(db)
 MAX_PAGE = 1000
 
 
-@sandbox.hook("before_request")
-def _open_connection():
-    db.connect(reuse_if_open=True)
-
-
-@sandbox.hook("after_request")
-def _close_connection():
-    if not db.is_closed() and not db.in_transaction():
-        db.close()
-
-
-def _sandbox_error(error):
-    """The sandboxes' own errors stay JSON, like the services they play."""
-    if error.status_code >= 500:
-        logger.error("sandbox request %s %s failed: %s", request.method, request.path, error.exception)
-    message = "internal error" if error.status_code >= 500 else f"{error.status_code}: {error.status_line}"
-    response.content_type = "application/json; charset=utf-8"
-    return json.dumps({"error": {"code": "http_" + str(error.status_code), "message": message}})
-
-
-for _status in (400, 404, 405, 413, 500):
-    sandbox.error(_status)(_sandbox_error)
 
 
 def _authorized():

@@ -24,12 +24,12 @@ import secrets
 import time
 from urllib.parse import quote
 
-from bottle import Bottle, request, response
+from bottle import request
 from peewee import CharField, DateTimeField, IntegerField, IntegrityError, TextField
 
 import settings
 from httpclient import PermanentError, RetryableError, ServiceError  # noqa: F401 - PermanentError: re-exported
-from httpclient import JsonClient, answer, excerpt, read_object, refusal
+from httpclient import JsonClient, answer, excerpt, read_object, refusal, sandbox_app
 from models import BaseModel, db, isoformat, utcnow
 
 logger = logging.getLogger("litejobs.provider")
@@ -181,7 +181,7 @@ class SandboxFault(BaseModel):
 
 
 # -- The sandbox provider ------------------------------------------------------------
-sandbox = Bottle()
+sandbox = sandbox_app(db)
 
 
 def _authorized():
@@ -314,25 +314,3 @@ def _whole(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@sandbox.hook("before_request")
-def _open_connection():
-    db.connect(reuse_if_open=True)
-
-
-@sandbox.hook("after_request")
-def _close_connection():
-    if not db.is_closed() and not db.in_transaction():
-        db.close()
-
-
-def _sandbox_error(error):
-    """The sandbox's own errors stay JSON, like a provider's."""
-    message = "internal error" if error.status_code >= 500 else f"{error.status_code}: {error.status_line}"
-    if error.status_code >= 500:
-        logger.error("sandbox request %s %s failed: %s", request.method, request.path, error.exception)
-    response.content_type = "application/json; charset=utf-8"
-    return json.dumps({"error": {"code": "http_" + str(error.status_code), "message": message}})
-
-
-for _status in (400, 404, 405, 413, 500):
-    sandbox.error(_status)(_sandbox_error)
