@@ -152,7 +152,7 @@ def _decorator(app, path, method, public, admin=False):
             except (jobs.Unavailable, PeeweeException) as exc:
                 logger.warning("request %s: unavailable: %s", request_id(), exc)
                 cause = exc.__cause__ or exc
-                exhausted = isinstance(cause, dburl.PoolExhausted)  # litejobs' own words, not a driver's
+                exhausted = dburl.pool_exhausted(exc)  # litejobs' own words, not a driver's
                 if runs.is_connection_error(cause) and not exhausted:
                     runs.reset_connection()  # a cut connection: the next request opens a new one
                 # The driver's words (hosts, users, paths) go to the log, not to a caller without a key.

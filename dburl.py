@@ -34,6 +34,15 @@ class PoolExhausted(OperationalError):
     """Every connection of this process's pool stayed in use: litejobs' own words, safe to show."""
 
 
+def pool_exhausted(exc):
+    """Whether `exc` is, or was raised from, a PoolExhausted (peewee wraps it in its own OperationalError)."""
+    while exc is not None:
+        if isinstance(exc, PoolExhausted):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class PooledPostgres(PooledPostgresqlDatabase):
     """A PostgreSQL pool whose exhaustion is a database error (503 in the API), not a ValueError.
 
