@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = {
     "settings", "models", "jobs", "hooks", "web", "dashboard", "api", "schedules", "mailer", "media",
     "charts", "limits", "metrics", "openapi", "backup", "litejobs", "schema", "reloader", "httpclient",
-    "schedule_edits", "schedule_pages", "database", "job_counts", "job_queries", "schedule_tables", "keys",
+    "schedule_edits", "schedule_pages", "database", "job_counts", "job_queries", "schedule_tables", "keys", "openapi_parts",
     "consumer", "loader",
 }
 
