@@ -272,20 +272,9 @@ DISK_RESERVE = _define(
 MAX_RECOVERIES = _define(
     "MAX_RECOVERIES", 3, "times a job lost with its worker is run again before it fails", _int(0, 100)
 )
-DEFAULT_QUEUE_PRIORITIES = {
-    "media": 9,
-    "emails": 8,
-    "orders": 8,
-    "users": 7,
-    "notifications": 6,
-    "analytics": 5,
-    "progress": 5,
-    "certificates": 4,
-    "sync": 4,
-    "maintenance": 3,
-    "cleanup": 3,
-    "default": 1,
-}
+# The engine's own queues; each app declares its queues' priorities (hooks.App(queues=...)),
+# so APPS=orders lists only the queues that can hold work.
+DEFAULT_QUEUE_PRIORITIES = {"default": 1, "maintenance": 3}
 QUEUE_PRIORITIES = {
     **DEFAULT_QUEUE_PRIORITIES,
     **_define("QUEUE_PRIORITIES", {}, "queue priorities over the defaults, e.g. media=9,emails=8", _pairs(_int())),
