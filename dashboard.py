@@ -146,7 +146,7 @@ def render(_view, _status=200, **values):
     values.setdefault("title", "litejobs")
     return bottle.template(
         _view,
-        template_lookup=VIEWS,
+        template_lookup=template_lookup(),
         user=current_user(),
         csrf_token=csrf_token(),
         path=request.path,
@@ -158,6 +158,18 @@ def render(_view, _status=200, **values):
         took=humanize.duration_ms,
         **values,
     )
+
+
+def template_lookup():
+    """views/ and then each loaded app's own views/ folder.
+
+    One list, extended in place: bottle caches a compiled template under the id
+    of the lookup list it was found with.
+    """
+    for folder in loader.app_folders("views"):
+        if folder not in VIEWS:
+            VIEWS.append(folder)
+    return VIEWS
 
 
 def error_page(status, message):

@@ -14,6 +14,7 @@ LOAD_ERRORS. `LitejobsHuey.create_consumer` imports this module by name.
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -128,6 +129,17 @@ def load_file(path):
         del sys.modules[name]
         raise
     return module
+
+
+def app_folders(name):
+    """The `name` subfolder (e.g. views) of each loaded app that has one, in load order."""
+    folders = []
+    for app in APPS.values():
+        source = getattr(app.source, "__file__", None)
+        folder = os.path.join(os.path.dirname(source), name) if source else None
+        if folder and os.path.isdir(folder):
+            folders.append(folder)
+    return folders
 
 
 def register_app(app, module, functions_before=()):

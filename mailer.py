@@ -1,6 +1,6 @@
 """litejobs mailer: mails rendered from templates, sent by SMTP or written to the outbox.
 
-Each mail is a pair of templates in views/mail/: NAME.txt (its first line is
+Each mail is a pair of templates in an app's views/mail/ (or the top-level views/mail/): NAME.txt (its first line is
 `Subject: …`) and NAME.html, both bottle SimpleTemplates. `SMTP_URL` chooses
 the way out: `smtp://user:pass@host:port` (STARTTLS when the server offers it),
 `smtps://…` (TLS from the start), or empty for `.eml` files in
@@ -28,13 +28,14 @@ from bottle import SimpleTemplate
 from peewee import CharField, DateTimeField, ForeignKeyField, IntegrityError
 
 import guard
+import loader
 import settings
 from jobs import current_job_id, fail_now
 from models import BaseModel, User, db, utcnow
 
 logger = logging.getLogger("litejobs.mailer")
 
-TEMPLATES = settings.BASE_DIR / "views" / "mail"
+TEMPLATES = settings.BASE_DIR / "views" / "mail"  # then each loaded app's views/mail/
 
 
 class MailError(Exception):
@@ -55,18 +56,22 @@ _templates = {}
 
 def _template(filename, escape):
     if filename not in _templates:
-        source = (TEMPLATES / filename).read_text(encoding="utf-8")
+        folders = [TEMPLATES, *(Path(folder) for folder in loader.app_folders("views/mail"))]
+        path = next((folder / filename for folder in folders if (folder / filename).is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"no mail template {filename} in views/mail/ or an app's views/mail/")
+        source = path.read_text(encoding="utf-8")
         _templates[filename] = SimpleTemplate(source, noescape=not escape)
     return _templates[filename]
 
 
 def render(template, **context):
-    """(subject, text, html) of mail `template` (views/mail/TEMPLATE.txt and .html)."""
+    """(subject, text, html) of mail `template` (TEMPLATE.txt and .html in views/mail/ or an app's)."""
     context = {"base_url": settings.BASE_URL, **context}
     text = _template(f"{template}.txt", escape=False).render(**context)
     first, _, body = text.partition("\n")
     if not first.startswith("Subject:"):
-        raise ValueError(f"views/mail/{template}.txt must start with a 'Subject: …' line")
+        raise ValueError(f"mail template {template}.txt must start with a 'Subject: …' line")
     html = _template(f"{template}.html", escape=True).render(**context)
     return first[len("Subject:") :].strip(), body.lstrip("\n"), html
 
