@@ -3,9 +3,17 @@
 Builds on content: its cache cleanup also removes media uploads nothing owns.
 """
 
-from apps.courses import migrations, models, openapi, pages, routes, tasks
-from hooks import App
-from schedules import schedule
+import settings
+
+if "content" not in settings.APPS:
+    raise SystemExit(
+        "litejobs: cannot start: APPS names courses but not content, which it needs (its cleanup removes "
+        f"uploads no content media row owns); use APPS={','.join([*settings.APPS, 'content'])}"
+    )
+
+from apps.courses import migrations, models, openapi, pages, routes, tasks  # noqa: E402
+from hooks import App  # noqa: E402
+from schedules import schedule  # noqa: E402
 
 app = App(
     "courses",

@@ -1,10 +1,12 @@
 """Courses: lessons, enrollments, progress in the background and one certificate, ever."""
 
 import io
+import subprocess
+import sys
 import threading
 
 import pytest
-from helpers import assert_error, wait_until
+from helpers import ROOT, assert_error, cli_env, wait_until
 from pypdf import PdfReader
 
 from apps.courses import models as courses
@@ -250,3 +252,14 @@ def test_a_missing_font_fails_the_job_naming_the_setting(client, consumer, monke
     assert job.status == "failed" and job.attempts == 1
     assert job.error.startswith("CERTIFICATE_FONT: no such font file") and "nope.ttf" in job.error
     assert Certificate.select().count() == 0
+
+
+def test_courses_without_content_stops_the_start_naming_the_fix(tmp_path):
+    (tmp_path / "none").mkdir()
+    env = cli_env(tmp_path, APPS="accounts,courses", FUNCTIONS_DIR=str(tmp_path / "none"))
+    started = subprocess.run(
+        [sys.executable, "web.py", "create-key", "x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode != 0
+    assert "APPS names courses but not content" in started.stderr and "APPS=accounts,courses,content" in started.stderr
+    assert "Traceback" not in started.stderr
