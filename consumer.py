@@ -132,6 +132,8 @@ class QueueWorker(huey_consumer.Worker):
     def initialize(self):
         if self.listens:  # in the worker's own process, where its `_wake` is
             self.listener = wakeup.listen(self.huey.storage, _wake)
+            if self.listener is not None:  # its polls are now the fallback, as the watcher is for threads
+                self.max_delay = max(self.max_delay, settings.QUEUE_WATCH_INTERVAL)
         super().initialize()
 
     def shutdown(self):
@@ -248,7 +250,7 @@ class Consumer(huey_consumer.Consumer):
         # Standalone on a SQLite queue, enqueuers in other processes send a datagram
         # (wakeup.py), and a watcher of the queue file catches what it misses. Process
         # workers have a `_wake` of their own that no thread here can set: each listens
-        # for the datagrams in its own process, and polls every POLL_MAX_DELAY as before.
+        # for the datagrams in its own process, and polls every QUEUE_WATCH_INTERVAL.
         storage = self.huey.storage
         standalone_sqlite = isinstance(storage, SqliteStorage) and not self.embedded
         watch = standalone_sqlite and self.worker_type != "process"
