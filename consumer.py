@@ -315,6 +315,13 @@ class Consumer(huey_consumer.Consumer):
 
     def stop(self, graceful=False):
         hooks.worker_stopping.send(jobs.CONSUMER_ID)
+        # Idle workers sleep on `_wake` for up to their poll delay (seconds with a
+        # slow QUEUE_WATCH_INTERVAL): raise the stop flag first, then wake them to
+        # see it, process workers by a datagram to their listeners.
+        self.stop_flag.set()
+        _wake.set()
+        if self._workers_listen:
+            wakeup.notify(self.huey.storage)
         super().stop(graceful)
         if self.listener is not None:
             self.listener.close()
