@@ -270,9 +270,8 @@ class Consumer(huey_consumer.Consumer):
             close_all_connections()  # each forked worker opens its own
         super().start()
         if watch:
-            threading.Thread(
-                target=watch_queue_file, args=(storage.filename, self.stop_flag, interval), name="QueueWatcher", daemon=True
-            ).start()
+            watcher_args = (storage.filename, self.stop_flag, interval)
+            threading.Thread(target=watch_queue_file, args=watcher_args, name="QueueWatcher", daemon=True).start()
 
     def _create_worker(self):
         worker = super()._create_worker()

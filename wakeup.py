@@ -137,9 +137,10 @@ def notify(storage):
     if not isinstance(storage, SqliteStorage):
         return
     try:
-        sender = _senders.get((storage.filename, storage.name))
+        queue = (storage.filename, storage.name)
+        sender = _senders.get(queue)
         if sender is None or sender.pid != os.getpid():
-            sender = _senders[storage.filename, storage.name] = Sender(folder_of(storage.filename), key_of(storage.name))
+            sender = _senders[queue] = Sender(folder_of(storage.filename), key_of(storage.name))
         sender.send()
     except OSError as exc:  # e.g. no socket left to this process: the consumers' fallback still finds the job
         logger.debug("no wake-up sent: %s", exc)
