@@ -106,6 +106,22 @@ def test_jobs_enqueued_in_another_process_start_by_datagram_not_by_polling(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+def test_a_job_for_later_starts_when_its_consumers_scheduler_enqueues_it(tmp_path):
+    """The scheduler's own enqueue of a due job wakes the workers too (huey's enqueue, not only submit)."""
+    consumer = start_consumer(tmp_path, "-w", "2")
+    try:
+        wait_until(lambda: len(ours(entries())) == 1, timeout=30, message="the consumer listening")
+        time.sleep(0.5)
+        job, _ = jobs.submit("echo", {"value": "later"}, delay=1.5)
+        done = wait_until(lambda: (j := Job.get_by_id(job.id)).status == "succeeded" and j, timeout=30)
+    finally:
+        assert stop(consumer) == 0
+    # The scheduler looks every second and huey's schedule keeps whole seconds.
+    assert (done.started_at - done.scheduled_for).total_seconds() < 1 + PICKUP_BOUND
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_a_killed_consumers_entry_neither_breaks_nor_slows_enqueue(tmp_path):
     killed = start_consumer(tmp_path, "-w", "1")
     wait_until(lambda: len(ours(entries())) == 1, timeout=30, message="the first consumer listening")
