@@ -182,6 +182,8 @@ class Listener:
 
     def close(self):
         """Leave the list and end the thread (a last datagram to itself unblocks its recv)."""
+        if self.stopped:
+            return
         _remove(self.entry)
         self.stopped = True
         try:

@@ -36,7 +36,9 @@ def start_consumer(tmp_path, *args):
         **SLOW_FALLBACK,
     )
     log = open(tmp_path / f"consumer-{time.monotonic_ns()}.log", "w")
-    command = [sys.executable, "-m", "huey.bin.huey_consumer", "jobs.huey", "-d", "10", *args]
+    # Greenlet workers need gevent's patch first (docs/operations.md).
+    patch = ["-m", "gevent.monkey", "--module"] if "greenlet" in args else ["-m"]
+    command = [sys.executable, *patch, "huey.bin.huey_consumer", "jobs.huey", "-d", "10", *args]
     return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -87,7 +89,7 @@ def list_stale_entry():
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("kind, listeners", [("thread", 1), ("process", 2)])
+@pytest.mark.parametrize("kind, listeners", [("thread", 1), ("greenlet", 1), ("process", 2)])
 def test_jobs_enqueued_in_another_process_start_by_datagram_not_by_polling(tmp_path, kind, listeners):
     consumer = start_consumer(tmp_path, "-k", kind, "-w", "2")
     try:
