@@ -5,8 +5,8 @@ process's `jobs._wake`, and polling the queue file faster costs CPU for every
 idle consumer and still leaves ~12 ms of pickup latency (bench/latency.py).
 So each listening process (a standalone consumer; each worker process of
 `-k process`) binds a UDP socket on 127.0.0.1:0 — UDP, because AF_UNIX
-datagrams do not exist on Windows — and lists its port as an empty file in a
-folder beside the queue file, `<queue file>-wake/<key>.<port>`, where the key
+datagrams do not exist on Windows — and lists its port as a file (holding its
+pid) in a folder beside the queue file, `<queue file>-wake/<key>.<port>`, where the key
 is a hash of the queue's name: two queues on one file never wake each other.
 One thread per process blocks in recv (no timer, no CPU while idle) and sets
 the wake event its workers sleep on.
@@ -18,7 +18,7 @@ changes, looked at no more than every LOOK_INTERVAL. A datagram that is lost
 costs only time: the consumer still watches the queue file, slowly
 (QUEUE_WATCH_INTERVAL). Entries of processes that died are removed by the
 enqueuer when the kernel refuses its datagram, and by the next consumer to
-start when the port is free. Redis and PostgreSQL queues wake their consumers
+start when the port is free or (POSIX) the pid is gone. Redis and PostgreSQL queues wake their consumers
 on their own: this module serves SQLite queues only.
 """
 
@@ -194,19 +194,43 @@ class Listener:
 
 
 def _remove_stale(folder):
-    """Remove the entries whose port nobody holds any more (their process died without leaving the list)."""
+    """Remove the entries of processes that died without leaving the list."""
     for name in os.listdir(folder):
         _, _, port = name.partition(".")
-        if not port.isdigit():
-            continue
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            probe.bind(("127.0.0.1", int(port)))
-        except OSError:
-            continue  # held: its consumer (or, rarely, another program that took the port since) is there
-        finally:
-            probe.close()
-        _remove(os.path.join(folder, name))
+        path = os.path.join(folder, name)
+        if port.isdigit() and (_port_free(int(port)) or _process_gone(path)):
+            _remove(path)
+
+
+def _port_free(port):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False  # held: by its consumer, or by another program that took the port since
+    finally:
+        probe.close()
+
+
+def _process_gone(path):
+    """Whether the pid in entry `path` names no process (POSIX; on Windows os.kill would end it: never asked)."""
+    if os.name == "nt":
+        return False
+    try:
+        with open(path) as file:
+            pid = int(file.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, under another user
+    return False
 
 
 def listen(storage, wake):

@@ -188,3 +188,21 @@ def test_two_queues_on_one_file_do_not_wake_each_other(tmp_path):
         mine.close()
         other.close()
     assert os.listdir(wakeup.folder_of(path)) == []
+
+
+@pytest.mark.skipif(os.name == "nt", reason="on Windows a stale entry is known by its free port only")
+def test_a_dead_processs_entry_is_dropped_even_when_another_program_took_its_port(tmp_path):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = wakeup.folder_of(jobs.huey.storage.filename)
+    os.makedirs(folder, exist_ok=True)
+    name = f"{wakeup.key_of(jobs.huey.storage.name)}.{taken.getsockname()[1]}"
+    with open(os.path.join(folder, name), "w") as file:
+        file.write(ended.stdout)
+    listener = wakeup.listen(jobs.huey.storage, threading.Event())
+    try:
+        assert name not in entries() and ours(entries()) == [f"{wakeup.key_of(jobs.huey.storage.name)}.{listener.port}"]
+    finally:
+        listener.close()
+        taken.close()
