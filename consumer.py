@@ -316,7 +316,8 @@ class Consumer(huey_consumer.Consumer):
         hooks.worker_stopping.send(jobs.CONSUMER_ID)
         # Idle workers sleep on `_wake` for up to their poll delay (seconds with a
         # slow QUEUE_WATCH_INTERVAL): raise the stop flag first, then wake them to
-        # see it, process workers by a datagram to their listeners.
+        # see it, process workers by a datagram to their listeners (other consumers
+        # of the queue get one too: it costs them one look at the queue).
         self.stop_flag.set()
         _wake.set()
         if self._workers_listen:
