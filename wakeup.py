@@ -45,7 +45,7 @@ def folder_of(filename):
 
 def key_of(queue_name):
     """The prefix of the entries of queue `queue_name`: a hash, so any name makes a safe file name."""
-    return hashlib.sha1(queue_name.encode("utf-8")).hexdigest()[:12]
+    return hashlib.sha1(queue_name.encode("utf-8"), usedforsecurity=False).hexdigest()[:12]
 
 
 def _ports(folder, key):
