@@ -29,6 +29,7 @@ import logconfig
 import preflight
 import runs
 import settings
+import wakeup
 from jobs import APPS, FUNCTIONS, _enqueue, _wake, check_queue, huey
 from models import WAITING, Job, Worker, close_all_connections, db_time, utcnow
 
@@ -123,7 +124,24 @@ def _log_to_stderr():
 
 
 class QueueWorker(huey_consumer.Worker):
-    """A worker that an in-process enqueue wakes at once instead of after its poll delay."""
+    """A worker that an in-process enqueue, or a wake-up datagram, wakes at once instead of after its poll delay."""
+
+    listens = False  # a worker process (-k process) of a SQLite queue: it listens for wake-up datagrams itself
+    listener = None
+
+    def initialize(self):
+        if self.listens:  # in the worker's own process, where its `_wake` is
+            self.listener = wakeup.listen(self.huey.storage, _wake)
+            if self.listener is not None:  # its polls are now the fallback, as the watcher is for threads
+                self.max_delay = max(self.max_delay, settings.QUEUE_WATCH_INTERVAL)
+        super().initialize()
+
+    def shutdown(self):
+        try:
+            super().shutdown()
+        finally:
+            if self.listener is not None:
+                self.listener.close()
 
     def sleep(self):
         if self.delay > self.max_delay:
@@ -134,19 +152,20 @@ class QueueWorker(huey_consumer.Worker):
 
 
 WATCHED_POLL_DELAY = 1.0  # idle workers' own polls, when a queue watcher wakes them
+UNHEARD_WATCH_INTERVAL = 0.025  # the watcher's pace when no wake-up datagram can reach this consumer
 
 
-def watch_queue_file(path, stop_flag, interval=0.025):
-    """Wake idle workers as soon as another process writes the SQLite queue file.
+def watch_queue_file(path, stop_flag, interval):
+    """Wake idle workers when another process writes the SQLite queue file.
 
-    A standalone consumer cannot hear the web process enqueue, and polling the
-    queue every few ms costs a query per worker each time. Instead one thread
-    looks at the size and mtime of the queue's WAL file (an os.stat, a few µs)
-    and sets `_wake` when they change: pickup in ~12 ms instead of up to
-    POLL_MAX_DELAY, for under 1% of a core (bench/latency.py, issue 7; each
-    timed wake-up of a thread costs ~60 µs of CPU here, so one watcher at 40 Hz
-    beats every worker polling at 10 Hz). Workers still poll, every
-    WATCHED_POLL_DELAY, so a change the watcher missed costs only time.
+    The fallback of the wake-up datagrams (wakeup.py), which wake a standalone
+    consumer within a millisecond or two: one thread looks at the size and
+    mtime of the queue's WAL file (an os.stat, a few µs) every `interval`
+    (QUEUE_WATCH_INTERVAL) and sets `_wake` when they change. Alone, at 40 Hz,
+    it gave pickups of ~12 ms for under 1% of a core (bench/latency.py, issue
+    7; each timed wake-up of a thread costs ~60 µs of CPU here); as a fallback
+    a few looks a second do. Workers still poll, every WATCHED_POLL_DELAY or
+    `interval` if longer, so a change both missed costs only time.
     """
     wal = f"{path}-wal"
     last = None
@@ -182,6 +201,8 @@ class Consumer(huey_consumer.Consumer):
     """huey's consumer plus a Worker row, heartbeats, the reaper and graceful SIGTERM."""
 
     worker_class = QueueWorker
+    listener = None  # this process's wakeup.Listener, with thread workers
+    _workers_listen = False  # process workers listen each in its own process
 
     # schedules.py, above this module, puts its minute-ticking Scheduler here (use_scheduler).
     scheduler_class = huey_consumer.Scheduler
@@ -225,23 +246,37 @@ class Consumer(huey_consumer.Consumer):
             apps=",".join(APPS),
         )
         self._heartbeat()
-        # Embedded in the web process, enqueues wake the workers in-process already;
-        # process workers have a `_wake` of their own that a watcher thread cannot set.
+        # Embedded in the web process, enqueues wake the workers in-process already.
+        # Standalone on a SQLite queue, enqueuers in other processes send a datagram
+        # (wakeup.py), and a watcher of the queue file catches what it misses. Process
+        # workers have a `_wake` of their own that no thread here can set: each listens
+        # for the datagrams in its own process, and polls every QUEUE_WATCH_INTERVAL.
         storage = self.huey.storage
-        watch = isinstance(storage, SqliteStorage) and not self.embedded and self.worker_type != "process"
+        standalone_sqlite = isinstance(storage, SqliteStorage) and not self.embedded
+        watch = standalone_sqlite and self.worker_type != "process"
         if watch:
-            self.max_delay = max(self.max_delay, WATCHED_POLL_DELAY)
+            self.listener = wakeup.listen(storage, _wake)
+            interval = settings.QUEUE_WATCH_INTERVAL if self.listener else UNHEARD_WATCH_INTERVAL
+            self.max_delay = max(self.max_delay, WATCHED_POLL_DELAY, interval)
             for worker, _ in self.worker_threads:
                 worker.max_delay = self.max_delay
+        elif standalone_sqlite:
+            self._workers_listen = True
+            for worker, _ in self.worker_threads:
+                worker.listens = True
         self.running_lock = backup.running_lock()  # held while it runs: restore refuses meanwhile
         hooks.consumer_starting.send(self)  # e.g. joblog keeps each job's logging and prints
         if self.worker_type == "process":
             close_all_connections()  # each forked worker opens its own
         super().start()
         if watch:
-            threading.Thread(
-                target=watch_queue_file, args=(storage.filename, self.stop_flag), name="QueueWatcher", daemon=True
-            ).start()
+            watcher_args = (storage.filename, self.stop_flag, interval)
+            threading.Thread(target=watch_queue_file, args=watcher_args, name="QueueWatcher", daemon=True).start()
+
+    def _create_worker(self):
+        worker = super()._create_worker()
+        worker.listens = self._workers_listen  # also a worker started again after it died
+        return worker
 
     def request_stop(self):
         """Stop gracefully, as Ctrl-C does, from any thread: the main loop sees it within half a second."""
@@ -279,7 +314,17 @@ class Consumer(huey_consumer.Consumer):
 
     def stop(self, graceful=False):
         hooks.worker_stopping.send(jobs.CONSUMER_ID)
+        # Idle workers sleep on `_wake` for up to their poll delay (seconds with a
+        # slow QUEUE_WATCH_INTERVAL): raise the stop flag first, then wake them to
+        # see it, process workers by a datagram to their listeners (other consumers
+        # of the queue get one too: it costs them one look at the queue).
+        self.stop_flag.set()
+        _wake.set()
+        if self._workers_listen:
+            wakeup.notify(self.huey.storage)
         super().stop(graceful)
+        if self.listener is not None:
+            self.listener.close()
         Worker.update(stopped_at=utcnow()).where(Worker.id == jobs.CONSUMER_ID).execute()
         if getattr(self, "running_lock", None) is not None:
             self.running_lock.close()

@@ -36,6 +36,7 @@ import preflight
 import runs
 import guard
 import settings
+import wakeup
 from models import TERMINAL, WAITING, Job, utcnow, wal_pages
 from models import ScheduleRun, User, bulk_insert, checkpoint, db, isoformat
 
@@ -144,6 +145,7 @@ class LitejobsHuey(Huey):
         result = super().enqueue(task)
         if unrecorded:
             Job.confirm([task.id], {task.id: "queued"})
+        wakeup.notify(self.storage)  # standalone consumers of a SQLite queue, in other processes
         return result
 
     def dequeue(self):

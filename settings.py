@@ -237,6 +237,12 @@ WORKERS = _define("WORKERS", 4, "worker threads of the consumer process that `we
 POLL_MAX_DELAY = _define(
     "POLL_MAX_DELAY", 0.1, "longest pause, in seconds, between queue polls of an idle consumer", _float(0.001, 10)
 )
+QUEUE_WATCH_INTERVAL = _define(
+    "QUEUE_WATCH_INTERVAL",
+    0.25,
+    "seconds between a standalone consumer's looks at its SQLite queue file, the fallback for a lost wake-up datagram",
+    _float(0.005, 60),
+)
 SHUTDOWN_TIMEOUT = _define(
     "SHUTDOWN_TIMEOUT", 30.0, "seconds running jobs get to finish on a graceful stop", _float(0, 3600)
 )

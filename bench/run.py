@@ -144,6 +144,7 @@ def plan(opts):
                                         lambda: [drain.limits_row("redis", 4, opts.jobs, repeat=opts.repeat)]), False),
         ("latency-standalone-sqlite", lambda: latency_rows("standalone", "sqlite", opts), True),
         ("latency-embedded-sqlite", lambda: latency_rows("embedded", "sqlite", opts), False),
+        ("latency-process-sqlite", lambda: latency_rows("process", "sqlite", opts), False),
         ("latency-standalone-redis", lambda: latency_rows("standalone", "redis", opts), True),
         ("latency-standalone-postgresql", lambda: latency_rows("standalone", "postgresql", opts), False),
         ("http", lambda: web_rows.rows(quick=quick, duration=opts.http_seconds), True),
