@@ -11,7 +11,6 @@ import logging
 import threading
 
 import backup
-import jobs
 import loader
 import queue_status
 import settings

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import pytest
 from helpers import POSTGRES_URL, REDIS_URL, ROOT, base_env, wait_until
 from test_faults import start_consumer, statuses, stop
 
