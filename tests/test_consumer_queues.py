@@ -77,3 +77,15 @@ def test_an_unknown_queue_in_QUEUES_stops_the_consumer_naming_the_setting(tmp_pa
     )
     assert result.returncode != 0
     assert "QUEUES: unknown queue 'medai'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_call_put_on_another_queue_stays_there_through_the_schedule(tmp_path, backend):
+    # A schedule's queue override: the message keeps its queue when it waits in huey's schedule (delay, retries).
+    job = jobs.submit("full_sync", {"n": 3}, queue="media", delay=1)[0]
+    consumer = start(tmp_path, backend, "media")
+    try:
+        media_worker = worker_serving("media")
+        done = wait_until(lambda: (j := Job.get_by_id(job.id)).status == "succeeded" and j, timeout=30, message="it ran")
+    finally:
+        assert stop(consumer) == 0
+    assert (done.queue, done.consumer_id) == ("media", media_worker)
