@@ -14,6 +14,7 @@ messages queued before queues were apart still run; every other queue is
 cover them all.
 """
 
+import functools
 import struct
 import time
 
@@ -71,11 +72,24 @@ class SqlQueues(RoutedQueues):
         sql = f"select data from {self.task_table} where {where} order by priority desc, id"
         if limit is not None:
             sql += f" limit {int(limit)}"
-        return [bytes(data) for data, in self.sql(sql, params, results=True)]
+        return [bytes(data) for (data,) in self.sql(sql, params, results=True)]
 
     def flush_queue(self):
         where, params = self._all_queues()
         self.sql(f"delete from {self.task_table} where {where}", params, commit=True)
+
+
+@functools.lru_cache(maxsize=16)
+def best_of_heads(count):
+    """SQLite: the id of the best message among the heads of `count` queues."""
+    # The head of each queue on the (queue, priority desc, id) index, then the best
+    # of those: a few index seeks, read outside the write lock, as huey's own
+    # "quick check" is. The short write transaction only deletes that row by id;
+    # when another worker took it first, dequeue() looks again.
+    heads = " union all ".join(
+        ["select * from (select id, priority from task where queue = ? order by priority desc, id limit 1)"] * count
+    )
+    return f"select id from ({heads}) order by priority desc, id limit 1"
 
 
 class QueueStorage(SqlQueues, SqliteStorage):
@@ -106,14 +120,7 @@ class QueueStorage(SqlQueues, SqliteStorage):
 
     def dequeue(self):
         names = self.read_names()
-        # The head of each queue on the (queue, priority desc, id) index, then the best
-        # of those: a few index seeks, read outside the write lock, as huey's own
-        # "quick check" is. The short write transaction only deletes that row by id;
-        # when another worker took it first, look again.
-        heads = " union all ".join(
-            "select * from (select id, priority from task where queue = ? order by priority desc, id limit 1)" for _ in names
-        )
-        best = f"select id from ({heads}) order by priority desc, id limit 1"
+        best = best_of_heads(len(names))
         while True:
             rows = self.sql(best, names, results=True)
             if not rows:

@@ -10,6 +10,6 @@ def resize_photo(n: int):
 
 
 @task(queue="sync", public=True)
-def full_sync(n: int):
+def sync_catalog(n: int):
     """A sync job."""
     return n
