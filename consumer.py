@@ -62,7 +62,7 @@ def reap(now=None):
             continue
         update = Job.update(status="queued", consumer_id=None, claim=None, lease_until=None, error=lost, recoveries=Job.recoveries + 1)
         if update.where(claim).execute():
-            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority)
+            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority, queue=job.queue)
             logger.warning("job %s (%s): %s; running it again", job.id, job.name, lost)
             recovered += 1
     return recovered + requeue_lost(now)
@@ -104,7 +104,7 @@ def requeue_lost(now=None):
         claim = (Job.id == job.id) & (Job.status == job.status) & (Job.recoveries == job.recoveries)
         error = "queue message lost with a consumer; enqueued again"
         if Job.update(recoveries=Job.recoveries + 1, error=error).where(claim).execute():
-            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, eta=job.scheduled_for, priority=job.priority)
+            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, eta=job.scheduled_for, priority=job.priority, queue=job.queue)
             logger.warning("job %s (%s): %s", job.id, job.name, error)
             requeued += 1
     _suspects = {job.id for job in missing}
@@ -181,6 +181,24 @@ def watch_queue_file(path, stop_flag, interval):
         stop_flag.wait(interval)
 
 
+def served_queues(queues):
+    """The queue names of QUEUES (or the consumer option), checked; [] for every queue.
+
+    A name that no setting or loaded function knows stops the start with one
+    line naming the setting, as a bad value of any setting does.
+    """
+    names = [q.strip() for q in queues.split(",")] if isinstance(queues, str) else list(queues or ())
+    names = list(dict.fromkeys(q for q in names if q))
+    unknown = [q for q in names if q not in jobs.known_queues()]
+    if unknown:
+        known = ", ".join(sorted(jobs.known_queues()))
+        sys.exit(
+            f"litejobs: QUEUES: unknown queue {unknown[0]!r}; known queues: {known} "
+            "(a new queue needs a priority in QUEUE_PRIORITIES, or a function using it)"
+        )
+    return names
+
+
 def _refuse_unpatched_greenlets():
     """Exit at once, naming the command that works, when gevent did not patch before the imports.
 
@@ -207,9 +225,11 @@ class Consumer(huey_consumer.Consumer):
     # schedules.py, above this module, puts its minute-ticking Scheduler here (use_scheduler).
     scheduler_class = huey_consumer.Scheduler
 
-    def __init__(self, huey_instance, embedded=False, **options):
+    def __init__(self, huey_instance, embedded=False, queues=None, **options):
         if options.get("worker_type") == "greenlet":
             _refuse_unpatched_greenlets()
+        # The queues it serves: the `queues` option (a list or "media,sync"), else QUEUES; none: every queue.
+        self.queues = served_queues(settings.QUEUES if queues is None else queues)
         # RUN_SCHEDULES=0 (or huey_consumer -n) makes a consumer that only runs jobs.
         options["periodic"] = options.get("periodic", True) and settings.RUN_SCHEDULES
         # An idle SQLite consumer would otherwise back off to 10 s between polls.
@@ -243,8 +263,11 @@ class Consumer(huey_consumer.Consumer):
         preflight.check_services(check_queue)
         Worker.create(
             id=jobs.CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers,
-            apps=",".join(APPS),
+            apps=",".join(APPS), queues=",".join(self.queues),
         )
+        huey.serve(self.queues or None)
+        if self.queues:
+            logger.info("consumer %s serves queues %s", jobs.CONSUMER_ID, ", ".join(self.queues))
         self._heartbeat()
         # Embedded in the web process, enqueues wake the workers in-process already.
         # Standalone on a SQLite queue, enqueuers in other processes send a datagram
@@ -297,6 +320,9 @@ class Consumer(huey_consumer.Consumer):
             runs.database_outage.failed(exc)
             return
         try:
+            if not self.queues:
+                # Serving every queue: also those that only waiting jobs name (a schedule's override).
+                huey.serve(None, also=Job.waiting_queues())
             reap()
             disk.checkpoint_all(huey.storage)
         except PeeweeException as exc:  # the database went away in between: the next beat tries again

@@ -26,6 +26,7 @@ import joblog
 import guard
 import jobs
 import loader
+import queue_status
 import settings
 from models import STATUSES, TERMINAL, Job, LoginFailure, Token, User, Worker, parse_time, utcnow
 from schedules import pause_schedule, run_schedule, schedule_dicts
@@ -337,7 +338,7 @@ CHART_BUCKET = 600  # seconds: 144 bars over 24 h
 def overview():
     """Counts by status, the last 24 h as a chart, queues, workers and recent failures."""
     counts = Job.counts_by_status(finished_since=utcnow() - datetime.timedelta(hours=CHART_HOURS))
-    queues = jobs.queues()
+    queues = queue_status.queues()
     return render(
         "overview",
         title="Overview",

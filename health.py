@@ -3,7 +3,8 @@
 `down` (503) while the database cannot be written, the queue cannot be read,
 a data disk is under DISK_RESERVE, or jobs wait and no consumer recorded a
 heartbeat within HEARTBEAT_TIMEOUT; `degraded` (200) when no consumer runs
-but nothing waits; `ok` otherwise.
+but nothing waits, or jobs wait in a queue that no live consumer serves
+(QUEUES); `ok` otherwise.
 """
 
 import datetime
@@ -11,6 +12,7 @@ import logging
 
 import disk
 import jobs
+import queue_status
 import settings
 from models import SchemaVersion, Job, Worker, db, utcnow
 
@@ -47,6 +49,7 @@ def readiness(request_id=""):
         try:
             checks["consumer"] = _consumer_check()
             checks["apps"] = apps_check(Worker.alive())
+            checks["queues"] = queues_check()
         except Exception as exc:  # the database went away between the two checks
             checks["consumer"] = dict(_failed("consumer", exc, request_id), status="unknown")
     if any(check["status"] == "down" for name, check in checks.items() if name != "consumer"):
@@ -54,7 +57,7 @@ def readiness(request_id=""):
     consumer = checks["consumer"]
     if consumer["status"] == "down" and consumer.get("waiting"):
         return "down", checks
-    ok = consumer["status"] == "ok" and checks.get("apps", {}).get("status") == "ok"
+    ok = consumer["status"] == "ok" and all(checks.get(name, {}).get("status") == "ok" for name in ("apps", "queues"))
     return ("ok" if ok else "degraded"), checks
 
 
@@ -69,6 +72,19 @@ def apps_check(workers):
         "status": "degraded",
         "error": f"{len(differ)} consumer(s) loaded other apps than this web process, e.g. {first.id}: "
         f"{', '.join(sorted(first.app_names)) or 'none'}; web: {', '.join(here) or 'none'} (check APPS and FUNCTIONS_DIR)",
+    }
+
+
+def queues_check():
+    """Whether some live consumer serves each queue jobs wait in (consumers started with QUEUES)."""
+    unserved = queue_status.unserved_waiting(queue_status.queues())
+    if not unserved:
+        return {"status": "ok"}
+    return {
+        "status": "degraded",
+        "unserved": unserved,
+        "error": f"jobs wait in queue(s) no live consumer serves: {', '.join(unserved)}; "
+        "start a consumer with QUEUES naming them, or one with QUEUES empty (every queue)",
     }
 
 

@@ -100,5 +100,10 @@ class JobQueries:
         return stats
 
     @classmethod
+    def waiting_queues(cls):
+        """The queues that waiting jobs name."""
+        return {row.queue for row in cls.select(cls.queue).where(cls.status.in_(WAITING)).distinct()}
+
+    @classmethod
     def running_on(cls, consumer_ids):
         return cls.select().where((cls.status == "running") & cls.consumer_id.in_(consumer_ids))

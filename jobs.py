@@ -22,22 +22,21 @@ import types
 import typing
 import uuid
 
-from huey import api as huey_api
 from huey import Huey, signals
 from huey.api import Task
 from huey.registry import Registry
 from huey.exceptions import CancelExecution, TaskTimeout
-from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 from peewee import IntegrityError, PeeweeException, SqliteDatabase
 
 import disk
 import hooks
 import preflight
+import queue_storage
 import runs
 import guard
 import settings
 import wakeup
-from models import TERMINAL, WAITING, Job, utcnow, wal_pages
+from models import TERMINAL, WAITING, Job, utcnow
 from models import ScheduleRun, User, bulk_insert, checkpoint, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
@@ -103,17 +102,22 @@ class FunctionRegistry(Registry):
 
     def create_message(self, task):
         if not isinstance(task, MissingFunction):
-            return super().create_message(task)
+            return queue_storage.QueuedMessage.of(super().create_message(task), getattr(task, "queue", None))
         # A scheduled job of a function not loaded here fell due: the scheduler puts it
         # back on the queue unchanged (huey would refuse to, and lose it), where its run
         # fails it naming the function, or a consumer that has it runs it.
         task_str = self.task_to_string(type(task))
         self._registry.setdefault(task_str, type(task))
         try:
-            return super().create_message(task)
+            return queue_storage.QueuedMessage.of(super().create_message(task), getattr(task, "queue", None))
         finally:
             if self._registry.get(task_str) is type(task):
                 del self._registry[task_str]
+
+    def create_task(self, message):
+        task = super().create_task(message)
+        task.queue = getattr(message, "queue", None)
+        return task
 
 
 class LitejobsHuey(Huey):
@@ -139,18 +143,35 @@ class LitejobsHuey(Huey):
         return False
 
     def enqueue(self, task):
-        # A plain task() call is recorded `pending` by _record_enqueued before the
-        # push and confirmed here after it, as submit() does: a failed push never runs.
-        unrecorded = isinstance(task, huey_api.Task) and not getattr(task, "recorded", False)
-        result = super().enqueue(task)
-        if unrecorded:
+        """huey's enqueue (litejobs uses no groups, chords or huey results), onto the task's queue.
+
+        A plain task() call is recorded `pending` by _record_enqueued before the
+        push and confirmed here after it, as submit() does: a failed push never runs.
+        """
+        if task.expires:
+            task.resolve_expires(self.utc)
+        self._emit(signals.SIGNAL_ENQUEUED, task)
+        if self._immediate:
+            self.execute(task)
+        else:
+            self.storage.enqueue(self.serialize_task(task), task.priority, queue_of(task))
+        if not getattr(task, "recorded", False):
             Job.confirm([task.id], {task.id: "queued"})
         wakeup.notify(self.storage)  # standalone consumers of a SQLite queue, in other processes
-        return result
+
+    def serve(self, queues=None, also=()):
+        """Dequeue from `queues` only (None: every queue this process knows of, and `also`)."""
+        self.serving = queues
+        names = queues or known_queues() | set(also)
+        self.storage.reading = sorted(names, key=lambda q: (-settings.QUEUE_PRIORITIES.get(q, 0), q))
+
+    serving = None  # the queues this process was told to serve (serve()); None: all
 
     def dequeue(self):
         """huey's dequeue, but a queue that cannot be read answers None after a pause
         that grows to a few seconds, logged once per outage (runs.Outage)."""
+        if self.storage.reading is None:
+            self.serve(self.serving)
         try:
             data = self.storage.dequeue()
         except Exception as exc:  # any driver error: the storage is away
@@ -186,35 +207,17 @@ class LitejobsHuey(Huey):
             cancel(job)
 
 
-class QueueStorage(SqliteStorage):
-    """huey's SQLite storage with `synchronous=NORMAL` and the WAL size of the app database (models.wal_pages).
-
-    With WAL this survives a crash of any process; only a power cut can undo
-    the last commits, and then the reaper's requeue_lost() enqueues again a job
-    whose message vanished. huey's default (FULL) syncs the disk on every
-    enqueue and every dequeue: a third of a drained job's cost (bench/, issue 7).
-    """
-
-    def _create_connection(self):
-        conn = super()._create_connection()
-        conn.execute("pragma synchronous=normal")
-        pages = wal_pages(self.filename)
-        conn.execute(f"pragma wal_autocheckpoint={pages}")
-        conn.execute(f"pragma journal_size_limit={pages * 4096}")
-        return conn
-
-
 def make_huey(url):
     """A LitejobsHuey storing its queue at `url` (sqlite, redis or postgresql)."""
     # Results live in the Job table, so huey keeps none (faster drains, no leftovers).
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         settings.ensure_dir(os.path.dirname(path) or ".", "QUEUE_URL")
-        return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=QueueStorage, filename=path, timeout=10)
+        storage = queue_storage.QueueStorage
+        return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=storage, filename=path, timeout=10)
     if url.startswith(("redis://", "rediss://")):
-        # The priority storage is the one that honours queue priorities on Redis.
-        return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=PriorityRedisStorage, url=url)
-    return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=PostgresStorage, dsn=url)
+        return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=queue_storage.RedisQueueStorage, url=url)
+    return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=queue_storage.PostgresQueueStorage, dsn=url)
 
 
 try:
@@ -412,26 +415,19 @@ def public_functions():
     return [f for f in FUNCTIONS.values() if f.public]
 
 
-def queues(now=None):
-    """Every configured queue (and any a function uses): priority, depth, running, oldest wait, limit."""
-    now = now or utcnow()
-    stats = Job.queue_stats()
-    names = set(settings.QUEUE_PRIORITIES) | {f.queue for f in FUNCTIONS.values()} | set(stats)
-    result = []
-    for name in sorted(names, key=lambda q: (-settings.QUEUE_PRIORITIES.get(q, 0), q)):
-        queue = stats.get(name, {"depth": 0, "running": 0, "oldest": None})
-        oldest = queue["oldest"]
-        result.append(
-            {
-                "name": name,
-                "priority": settings.QUEUE_PRIORITIES.get(name, 0),
-                "depth": queue["depth"],
-                "running": queue["running"],
-                "oldest_wait_s": round(max((now - oldest).total_seconds(), 0), 3) if oldest else None,
-                "concurrency_limit": settings.CONCURRENCY_LIMITS.get(name),
-            }
-        )
-    return result
+def queue_of(task):
+    """The litejobs queue a message goes to: its own (a schedule's override, kept by
+    QueuedMessage), else its function's."""
+    queue = getattr(task, "queue", None)
+    if queue:
+        return queue
+    function = FUNCTIONS.get(task.name)
+    return function.queue if function else queue_storage.DEFAULT_QUEUE
+
+
+def known_queues():
+    """Every queue configured (QUEUE_PRIORITIES) or used by a function loaded here."""
+    return set(settings.QUEUE_PRIORITIES) | {f.queue for f in FUNCTIONS.values()}
 
 
 # -- Enqueueing -------------------------------------------------------------------
@@ -499,7 +495,7 @@ def submit(
     except PeeweeException as exc:
         raise Unavailable(f"database unavailable: {exc}") from exc
     try:
-        _enqueue(function, job.id, kwargs, eta, priority)
+        _enqueue(function, job.id, kwargs, eta, priority, queue)
     except Exception as exc:
         _forget_pending([job.id])
         raise Unavailable(f"queue storage unavailable: {exc}") from exc
@@ -532,12 +528,14 @@ def _same_call(job, kwargs):
     return job
 
 
-def _enqueue(function, job_id, kwargs, eta=None, priority=None):
+def _enqueue(function, job_id, kwargs, eta=None, priority=None, queue=None):
     if eta is not None and eta.tzinfo is None:
         # Our times are naive UTC; huey reads a naive eta as local time.
         eta = eta.replace(tzinfo=datetime.timezone.utc)
     message = function.wrapper.s(id=job_id, eta=eta, priority=priority, **kwargs)
     message.recorded = True
+    if queue and queue != function.queue:
+        message.queue = queue  # a schedule's override; else its function's (queue_of)
     huey.enqueue(message)
     _wake.set()
 
@@ -673,7 +671,7 @@ def _record_enqueued(signal_name, message):
         name=message.name,
         args=guard.dumps(message.kwargs, default=str),
         status="pending",
-        queue=FUNCTIONS[message.name].queue if message.name in FUNCTIONS else "default",
+        queue=queue_of(message),
         priority=message.priority or 0,
     ).on_conflict_ignore().execute()
 

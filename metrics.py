@@ -11,8 +11,8 @@ import logging
 import threading
 
 import backup
-import jobs
 import loader
+import queue_status
 import settings
 from models import Job, JobCount, JobDuration, Worker, utcnow
 
@@ -111,7 +111,7 @@ def _database_metrics(out):
         samples += [("_sum", {"function": function}, total), ("_count", {"function": function}, buckets[-1][1])]
     out.family("litejobs_job_duration_seconds", "histogram", "Run time of finished jobs, by function", samples)
 
-    queues = jobs.queues(now)
+    queues = queue_status.queues(now)
 
     def by_queue(key):
         return [({"queue": queue["name"]}, queue[key] or 0) for queue in queues]
@@ -123,6 +123,12 @@ def _database_metrics(out):
         "gauge",
         "Seconds the oldest waiting job of the queue has waited (0 when none waits)",
         by_queue("oldest_wait_s"),
+    )
+    out.family(
+        "litejobs_queue_served",
+        "gauge",
+        "1 while a live consumer serves the queue (QUEUES names it, or is empty), else 0",
+        [({"queue": queue["name"]}, int(queue["served"])) for queue in queues],
     )
     out.family(
         "litejobs_scheduled_jobs",

@@ -203,6 +203,7 @@ class Worker(BaseModel):
     last_heartbeat = DateTimeField(default=utcnow, index=True)
     stopped_at = DateTimeField(null=True)
     apps = TextField(default="")  # the apps it loaded, comma-separated (loader.load_apps)
+    queues = TextField(default="")  # the queues it serves, comma-separated (QUEUES); empty: every queue
 
     @classmethod
     def alive(cls, now=None):
@@ -239,11 +240,17 @@ class Worker(BaseModel):
             "alive": self.is_alive(now),
             "running": list(running),
             "apps": self.app_names,
+            "queues": self.queue_names or None,
         }
 
     @property
     def app_names(self):
         return [name for name in self.apps.split(",") if name]
+
+    @property
+    def queue_names(self):
+        """The queues it serves; [] for every queue."""
+        return [name for name in (self.queues or "").split(",") if name]
 
 
 class Job(JobQueries, BaseModel):
@@ -560,6 +567,8 @@ MIGRATIONS = [
     lambda migrator: create_tables_once(migrator, [StoredSchedule, ScheduleChange]),
     # 6: API key scopes (read or admin) and the revision that makes a revoke immediate.
     _add_key_scope,
+    # (consumer queues): each consumer records the queues it serves (QUEUES); empty: every queue.
+    lambda migrator: add_column_once(migrator, "worker", "queues", TextField(default="")),
 ]
 
 

@@ -159,6 +159,9 @@ SCHEMAS = {
             "alive": BOOL,
             "running": {"type": "array", "items": {"type": "string"}, "description": "ids of the jobs it runs"},
             "apps": {"type": "array", "items": {"type": "string"}, "description": "the apps it loaded (APPS, FUNCTIONS_DIR)"},
+            "queues": nullable(
+                {"type": "array", "items": {"type": "string"}, "description": "the queues it serves (QUEUES); null: every queue"}
+            ),
         }
     ),
     "Queue": obj(
@@ -169,6 +172,7 @@ SCHEMAS = {
             "running": INT,
             "oldest_wait_s": nullable(NUMBER),
             "concurrency_limit": nullable(INT),
+            "served": {"type": "boolean", "description": "whether a live consumer serves this queue (QUEUES)"},
         }
     ),
     "Check": obj(
@@ -182,7 +186,8 @@ SCHEMAS = {
         {
             "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
             "checks": obj(
-                {"database": ref("Check"), "queue": ref("Check"), "disk": ref("Check"), "consumer": ref("Check"), "apps": ref("Check")}
+                {"database": ref("Check"), "queue": ref("Check"), "disk": ref("Check"), "consumer": ref("Check"), "apps": ref("Check"),
+                 "queues": ref("Check")}
             ),
         }
     ),

@@ -246,6 +246,9 @@ QUEUE_WATCH_INTERVAL = _define(
 SHUTDOWN_TIMEOUT = _define(
     "SHUTDOWN_TIMEOUT", 30.0, "seconds running jobs get to finish on a graceful stop", _float(0, 3600)
 )
+QUEUES = _define(
+    "QUEUES", [], "the queues this consumer serves, e.g. media,sync (priorities still order them); empty: every queue", _list
+)
 HEARTBEAT_INTERVAL = _define("HEARTBEAT_INTERVAL", 10.0, "seconds between consumer heartbeats", _float(0.1, 3600))
 HEARTBEAT_TIMEOUT = _define(
     "HEARTBEAT_TIMEOUT", 60.0, "a consumer silent this long is dead and its running jobs run again", _float(1, 86400)

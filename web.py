@@ -48,6 +48,7 @@ import metrics
 import models
 import openapi
 import preflight
+import queue_status
 import reloader
 import schedule_edits
 import schedule_pages
@@ -272,8 +273,8 @@ def retry_job(job_id):
 
 @api("/api/v1/queues")
 def list_queues():
-    """Every configured queue: priority, depth, running, oldest wait and concurrency limit."""
-    return {"queues": jobs.queues()}
+    """Every configured queue: priority, depth, running, oldest wait, concurrency limit and whether a consumer serves it."""
+    return {"queues": queue_status.queues()}
 
 
 @api("/api/v1/workers")

@@ -308,8 +308,8 @@ def test_plain_task_call_runs_only_once_its_push_is_confirmed(monkeypatch, tmp_p
     storage = jobs.huey.storage
     real = storage.enqueue
 
-    def push_then_time_out(data, priority=None):
-        real(data, priority)
+    def push_then_time_out(data, priority=None, queue=None):
+        real(data, priority, queue)
         raise TimeoutError("Timeout reading from socket")
 
     monkeypatch.setattr(storage, "enqueue", push_then_time_out)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
-def start_consumer(tmp_path, *args, database_url=None, queue_url=None, data_dir=None, **extra):
+def start_consumer(tmp_path, *args, database_url=None, queue_url=None, data_dir=None, module="fault_tasks.huey", **extra):
     """A standalone `huey_consumer` process on this test's database and queue."""
     environ = base_env()
     environ.update(
@@ -44,7 +44,7 @@ def start_consumer(tmp_path, *args, database_url=None, queue_url=None, data_dir=
     )
     log = open(tmp_path / f"consumer-{time.monotonic_ns()}.log", "w")
     return subprocess.Popen(
-        [sys.executable, "-m", "huey.bin.huey_consumer", "fault_tasks.huey", *args],
+        [sys.executable, "-m", "huey.bin.huey_consumer", module, *args],
         cwd=ROOT,
         env=environ,
         stdout=log,

@@ -478,7 +478,7 @@ def test_health_live_and_ready(anonymous, consumer):
     assert anonymous.get("/health/live").json == {"status": "ok"}
     ready = anonymous.get("/health/ready")
     assert ready.status == 200 and ready.json["status"] == "ok"
-    assert set(ready.json["checks"]) == {"database", "queue", "disk", "consumer", "apps"}
+    assert set(ready.json["checks"]) == {"database", "queue", "disk", "consumer", "apps", "queues"}
 
 
 def test_ready_is_degraded_without_consumer(anonymous):

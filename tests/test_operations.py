@@ -572,7 +572,7 @@ def test_alert_rules_pass_promtool():
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 ALERT_TESTS = """
@@ -587,6 +587,14 @@ tests:
         values: '0 700 760 820 880 940 1000 1060'
       - series: 'litejobs_queue_oldest_seconds{{instance="a",queue="emails"}}'
         values: '0 0 0 0 0 0 0 0'
+      - series: 'litejobs_queue_depth{{instance="a",queue="sync"}}'
+        values: '0 3 3 3 3 3 3 3 3'
+      - series: 'litejobs_queue_served{{instance="a",queue="sync"}}'
+        values: '0 0 0 0 0 0 0 0 0'
+      - series: 'litejobs_queue_depth{{instance="a",queue="media"}}'
+        values: '0 5 5 5 5 5 5 5 5'
+      - series: 'litejobs_queue_served{{instance="a",queue="media"}}'
+        values: '1 1 1 1 1 1 1 1 1'
       - series: 'litejobs_jobs_total{{instance="a",function="f",status="succeeded"}}'
         values: '0+8x40'
       - series: 'litejobs_jobs_total{{instance="a",function="f",status="failed"}}'
@@ -614,6 +622,16 @@ tests:
             exp_annotations:
               summary: 'Queue media: the oldest waiting job has waited 17m 40s'
               description: 'Consumers are too few, stuck, or held by a concurrency limit. See /api/v1/queues and /workers.'
+      - eval_time: 5m
+        alertname: LitejobsQueueUnserved
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: LitejobsQueueUnserved
+        exp_alerts:
+          - exp_labels: {{severity: warning, queue: sync}}
+            exp_annotations:
+              summary: 'Queue sync: 3 jobs wait and no live consumer serves it'
+              description: 'Start a consumer with QUEUES naming it (or QUEUES empty: every queue). See /api/v1/queues and /workers.'
       - eval_time: 35m
         alertname: LitejobsHighFailureRatio
         exp_alerts:

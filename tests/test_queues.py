@@ -92,6 +92,7 @@ def test_queues_endpoint_lists_every_configured_queue(client):
         "running": 0,
         "oldest_wait_s": None,
         "concurrency_limit": None,
+        "served": False,  # no consumer runs
     }
 
 

@@ -29,7 +29,7 @@
     <thead><tr><th>queue</th><th class="r">priority</th><th class="r">waiting</th><th class="r">running</th><th class="r">oldest wait</th><th class="r">limit</th></tr></thead>
     <tbody>
     % for q in queues:
-      <tr{{!' class="quiet"' if not (q["depth"] or q["running"]) else ''}}><td>{{q["name"]}}</td><td class="r">{{q["priority"]}}</td><td class="r">{{q["depth"]}}</td><td class="r">{{q["running"]}}</td>
+      <tr{{!' class="quiet"' if not (q["depth"] or q["running"]) else ''}}><td>{{q["name"]}}{{!' <span class="req">no consumer serves it</span>' if not q["served"] else ''}}</td><td class="r">{{q["priority"]}}</td><td class="r">{{q["depth"]}}</td><td class="r">{{q["running"]}}</td>
         <td class="r">{{"%.1f s" % q["oldest_wait_s"] if q["oldest_wait_s"] is not None else "—"}}</td><td class="r">{{q["concurrency_limit"] or "—"}}</td></tr>
     % end
     </tbody>

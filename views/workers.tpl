@@ -5,7 +5,7 @@
 <p class="empty">No consumer has started yet. <code>python web.py run</code> starts one inside the web process; <code>huey_consumer jobs.huey -w 4</code> runs one apart.</p>
 % else:
 <table>
-  <thead><tr><th>state</th><th>host</th><th class="r">pid</th><th>kind</th><th class="r">concurrency</th><th>started</th><th>last heartbeat</th><th>apps</th><th>running jobs</th></tr></thead>
+  <thead><tr><th>state</th><th>host</th><th class="r">pid</th><th>kind</th><th class="r">concurrency</th><th>started</th><th>last heartbeat</th><th>apps</th><th>queues</th><th>running jobs</th></tr></thead>
   <tbody>
   % for w in workers:
   %   alive = w.is_alive()
@@ -15,6 +15,7 @@
       <td class="nowrap" title="{{stamp(w.started_at)}}">{{ago(w.started_at)}}</td>
       <td class="nowrap" title="{{stamp(w.last_heartbeat)}}">{{ago(w.last_heartbeat)}}</td>
       <td>{{", ".join(w.app_names) or "none"}}</td>
+      <td>{{", ".join(w.queue_names) or "all"}}</td>
       <td>
       % for job in running.get(w.id, []):
         <a href="/jobs/{{job.id}}">{{job.name}}</a>
