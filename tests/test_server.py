@@ -178,3 +178,45 @@ def test_chunked_body_over_the_limit_is_413_on_the_real_server(web):
 
 def test_web_process_logs_no_traceback(web):
     assert "Traceback" not in web.log()
+
+
+# -- One send per response ----------------------------------------------------------------
+def test_headers_and_body_of_a_response_leave_in_one_send():
+    """Two sends per answer cost a third of an enqueue (bench/web_rows.py --profile): one is enough."""
+    import gevent.socket
+
+    import server
+
+    sent = []
+
+    class RecordingSocket(gevent.socket.socket):
+        def sendall(self, data, flags=0):
+            sent.append(bytes(data))
+            return super().sendall(data, flags)
+
+    def app(environ, start_response):
+        start_response("202 Accepted", [("Content-Type", "application/json")])
+        return [b'{"id": "42"}']
+
+    ours, client = gevent.socket.socketpair()
+    client.sendall(b"POST /api/v1/jobs/ping HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    wsgi = server.make_server(app, "127.0.0.1", 1)
+    wsgi.update_environ()
+    wsgi.handle(RecordingSocket(fileno=ours.detach()), ("127.0.0.1", 40000))
+    answer = client.recv(65536)
+    client.close()
+    assert len(sent) == 1, sent
+    assert answer == sent[0]
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n") and answer.endswith(b'\r\n\r\n{"id": "42"}')
+
+
+def test_a_response_arrives_whole_in_one_read_from_the_real_server(web):
+    """Headers and body in one segment: a client's first read has the whole answer."""
+    sock = connect(web)
+    try:
+        for _ in range(20):
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = sock.recv(65536)
+            assert first.endswith(b'{"status": "ok"}'), first
+    finally:
+        sock.close()
