@@ -16,6 +16,7 @@ headers used up the process's file descriptors. Here:
 
 import logging
 import socket
+import sys
 
 import gevent
 from gevent.pool import Pool
@@ -150,15 +151,36 @@ def connection_limit(wanted=None):
     return lowered
 
 
-def make_server(app, host=None, port=None):
-    """The WSGIServer for `app` on HOST:PORT with the limits above."""
+def can_share_port():
+    """Whether several processes can serve one port here: Linux's SO_REUSEPORT spreads
+    connections over them. Elsewhere (Windows has no such option; macOS's does not
+    spread) `web.py run` serves with one process."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def shared_listener(host, port, backlog=1024):
+    """A listening socket on host:port that other processes may bind too (SO_REUSEPORT):
+    the kernel hands each new connection to one of them."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(address)
+    listener.listen(backlog)
+    return listener
+
+
+def make_server(app, host=None, port=None, share_port=False):
+    """The WSGIServer for `app` on HOST:PORT with the limits above; `share_port`: bound
+    with SO_REUSEPORT, beside the other web processes of `web.py run` (WEB_PROCESSES)."""
 
     class Handler(LimitedHandler):
         header_timeout = settings.HEADER_TIMEOUT
         idle_timeout = settings.IDLE_TIMEOUT
 
+    address = (host or settings.HOST, port or settings.PORT)
     return WSGIServer(
-        (host or settings.HOST, port or settings.PORT),
+        shared_listener(*address) if share_port else address,
         app,
         log=None,
         error_log=logger,
