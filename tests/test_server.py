@@ -220,3 +220,39 @@ def test_a_response_arrives_whole_in_one_read_from_the_real_server(web):
             assert first.endswith(b'{"status": "ok"}'), first
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Host: a\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n",
+        b"Host: a\r\nX-Twice: 1\r\nx-twice: 2\r\nAuthorization:   Bearer k  \r\n\r\n",
+        b"Host: a\nTransfer-Encoding: chunked\n\n",
+        b"Host: a\r\nNot a header\r\nX-After: 1\r\n\r\n",
+        b"Host: caf\xe9\r\n\r\n",
+    ],
+)
+def test_request_headers_read_as_http_client_reads_them(raw):
+    """server.RequestHeaders replaces http.client.parse_headers (and the email package) for speed, not meaning."""
+    import io
+    from http import client
+
+    import server
+
+    ours, theirs = server.RequestHeaders.read(io.BytesIO(raw + b"BODY")), client.parse_headers(io.BytesIO(raw + b"BODY"))
+    assert ours.headers == [f"{name}: {value}\r\n" for name, value in theirs.items()]
+    for name in ("host", "Content-Length", "X-TWICE", "authorization", "transfer-encoding", "x-after", "missing"):
+        assert ours.get(name) == theirs.get(name)
+    assert ours.typeheader == theirs.get("content-type")
+
+
+def test_request_headers_keep_http_clients_limits():
+    import io
+    from http import client
+
+    import server
+
+    too_long = server.RequestHeaders.read(io.BytesIO(b"X: " + b"a" * 70000 + b"\r\n\r\n"))
+    assert too_long.status == "Line too long"
+    with pytest.raises(client.HTTPException):
+        server.RequestHeaders.read(io.BytesIO(b"".join(b"X-%d: 1\r\n" % n for n in range(101)) + b"\r\n"))
