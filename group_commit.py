@@ -56,7 +56,6 @@ def submit(name, args=None, *, delay=None, eta=None, priority=None, api_key_id=N
     if idempotency_key is not None:
         return jobs.submit(name, args, delay=delay, eta=eta, priority=priority, api_key_id=api_key_id, idempotency_key=idempotency_key)
     job, kwargs, status = jobs.new_job(name, args, delay, eta, priority, api_key_id=api_key_id)
-    jobs.check_disk()
     with _lock:
         batch = _forming
         first = batch is None
@@ -72,7 +71,7 @@ def submit(name, args=None, *, delay=None, eta=None, priority=None, api_key_id=N
             _write(batch)
     else:
         batch.done.wait()
-    if isinstance(batch.error, jobs.Unavailable):
+    if isinstance(batch.error, jobs.Unavailable):  # InsufficientStorage too
         raise type(batch.error)(str(batch.error)) from batch.error.__cause__  # each caller its own exception
     if batch.error is not None:
         raise batch.error
@@ -88,6 +87,7 @@ def _write(batch):
     rows = [job for job, _, _ in batch.calls]
     ids = [job.id for job in rows]
     try:
+        jobs.check_disk()  # once for the batch: under DISK_RESERVE, each of its calls gets the 507
         try:
             Job.insert_rows(rows)
         except PeeweeException as exc:
