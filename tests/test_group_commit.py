@@ -9,7 +9,7 @@ import urllib.parse
 
 import pytest
 from fault_proxy import TcpRelay
-from helpers import REDIS_URL, Client, RunningConsumer, assert_error, service_or_skip, wait_until
+from helpers import POSTGRES_URL, REDIS_URL, Client, RunningConsumer, assert_error, service_or_skip, wait_until
 from webprocess import WebProcess
 
 import jobs
@@ -40,8 +40,10 @@ def batch_sizes(log):
     return [int(n) for n in re.findall(r"enqueue batch of (\d+): written", log)]
 
 
-def test_concurrent_enqueues_are_written_together_and_each_job_runs_once(tmp_path, api_key):
-    database, queue = f"sqlite:///{tmp_path / 'app.db'}", f"sqlite:///{tmp_path / 'queue.db'}"
+def test_concurrent_enqueues_are_written_together_and_each_job_runs_once(tmp_path, api_key, backend):
+    """One batch push per storage: a transaction on SQLite and PostgreSQL, one command on Redis."""
+    queue = {"sqlite": f"sqlite:///{tmp_path / 'queue.db'}", "redis": REDIS_URL, "postgresql": POSTGRES_URL}[backend]
+    database = f"sqlite:///{tmp_path / 'app.db'}"
     web = WebProcess(tmp_path, tmp_path / "web.log", DATABASE_URL=database, QUEUE_URL=queue, LOG_LEVEL="DEBUG")
     try:
         answers = []
