@@ -227,10 +227,18 @@ def can_share_port():
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def shared_listener(host, port, backlog=1024):
+def shared_listener(host, port, first=False, backlog=1024):
     """A listening socket on host:port that other processes may bind too (SO_REUSEPORT):
-    the kernel hands each new connection to one of them."""
+    the kernel hands each new connection to one of them.
+
+    `first`: the port must be free, as for one process. Without this check a second
+    litejobs started by mistake on the same port would silently share its traffic.
+    """
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    if first:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)  # OSError "Address already in use" while anything listens there
     listener = socket.socket(family, kind, proto)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -239,9 +247,10 @@ def shared_listener(host, port, backlog=1024):
     return listener
 
 
-def make_server(app, host=None, port=None, share_port=False):
-    """The WSGIServer for `app` on HOST:PORT with the limits above; `share_port`: bound
-    with SO_REUSEPORT, beside the other web processes of `web.py run` (WEB_PROCESSES)."""
+def make_server(app, host=None, port=None, share_port=None):
+    """The WSGIServer for `app` on HOST:PORT with the limits above; `share_port`: bound with
+    SO_REUSEPORT beside the other web processes of `web.py run` (WEB_PROCESSES), "first"
+    for the one that binds before them."""
 
     class Handler(LimitedHandler):
         header_timeout = settings.HEADER_TIMEOUT
@@ -249,7 +258,7 @@ def make_server(app, host=None, port=None, share_port=False):
 
     address = (host or settings.HOST, port or settings.PORT)
     return WSGIServer(
-        shared_listener(*address) if share_port else address,
+        shared_listener(*address, first=share_port == "first") if share_port else address,
         app,
         log=None,
         error_log=logger,

@@ -462,7 +462,7 @@ def serve(with_consumer=True, stop_on_stdin_eof=False, shared_port=False):
     running = backup.running_lock()  # noqa: F841 (held while serving: restore refuses meanwhile)
     processes = 1 if shared_port else web_processes(can_share_port())
     # Header and idle timeouts, a connection cap, TCP_NODELAY; bound first, so the others join a bound port.
-    server = make_server(app, share_port=shared_port or processes > 1)
+    server = make_server(app, share_port="other" if shared_port else "first" if processes > 1 else None)
     children = [supervisor.WebProcess(number) for number in range(2, processes + 1)]
     if with_consumer:
         children.append(supervisor.ConsumerProcess())

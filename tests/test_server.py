@@ -256,3 +256,19 @@ def test_request_headers_keep_http_clients_limits():
     assert too_long.status == "Line too long"
     with pytest.raises(client.HTTPException):
         server.RequestHeaders.read(io.BytesIO(b"".join(b"X-%d: 1\r\n" % n for n in range(101)) + b"\r\n"))
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+def test_shared_port_is_refused_when_another_server_listens_there():
+    """WEB_PROCESSES shares the port among its own processes only: a second litejobs on it fails at start."""
+    import server
+
+    other = server.shared_listener("127.0.0.1", 0)
+    port = other.getsockname()[1]
+    try:
+        with pytest.raises(OSError):
+            server.shared_listener("127.0.0.1", port, first=True)
+        server.shared_listener("127.0.0.1", port).close()  # one of the same server's processes may join
+    finally:
+        other.close()
+    server.shared_listener("127.0.0.1", port, first=True).close()  # free again
