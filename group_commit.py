@@ -6,7 +6,7 @@ the web process answered a few hundred enqueues a second, most of each spent
 in those commits (bench/web_rows.py --profile). Here the calls that arrive
 while a batch forms join it, and a batch is written as one call would be:
 one INSERT transaction for every row, one push of every message (push_messages),
-one confirm UPDATE. Each caller waits for its batch and gets its own job, or
+one confirm UPDATE (and one check of the disk reserve). Each caller waits for its batch and gets its own job, or
 the error the batch met — the same Unavailable (503) submit raises, for every
 call of the batch; a failed push removes every row, so none of them runs.
 
@@ -54,7 +54,9 @@ def submit(name, args=None, *, delay=None, eta=None, priority=None, api_key_id=N
     """jobs.submit for the web's invoke route, written with the calls around it; returns (job, created)."""
     global _forming
     if idempotency_key is not None:
-        return jobs.submit(name, args, delay=delay, eta=eta, priority=priority, api_key_id=api_key_id, idempotency_key=idempotency_key)
+        return jobs.submit(
+            name, args, delay=delay, eta=eta, priority=priority, api_key_id=api_key_id, idempotency_key=idempotency_key
+        )
     job, kwargs, status = jobs.new_job(name, args, delay, eta, priority, api_key_id=api_key_id)
     with _lock:
         batch = _forming
@@ -93,7 +95,9 @@ def _write(batch):
         except PeeweeException as exc:
             raise jobs.Unavailable(f"database unavailable: {exc}") from exc
         try:
-            push_messages([(jobs.FUNCTIONS[job.name], job.id, kwargs, job.scheduled_for, job.priority) for job, kwargs, _ in batch.calls])
+            push_messages(
+                [(jobs.FUNCTIONS[job.name], job.id, kwargs, job.scheduled_for, job.priority) for job, kwargs, _ in batch.calls]
+            )
         except Exception as exc:
             jobs._forget_pending(ids)
             raise jobs.Unavailable(f"queue storage unavailable: {exc}") from exc
@@ -127,7 +131,7 @@ def push_messages(calls):
     huey = jobs.huey
     messages = [_message(*call) for call in calls]
     storage = huey.storage
-    if huey._immediate or not isinstance(storage, (SqliteStorage, PostgresStorage, RedisPriorityQueue)):
+    if huey.immediate or not isinstance(storage, (SqliteStorage, PostgresStorage, RedisPriorityQueue)):
         for message in messages:
             huey.enqueue(message)
         jobs._wake.set()
