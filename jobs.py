@@ -458,15 +458,9 @@ def submit(
 
     `queue` puts this call on another queue than the function's (a schedule's override).
     """
-    function = FUNCTIONS[name]
-    args = args or {}
-    kwargs = args if checked else function.validate(args)
-    if delay is not None:
-        eta = utcnow() + datetime.timedelta(seconds=delay)
-    queue = queue or function.queue
-    if priority is None:
-        priority = settings.QUEUE_PRIORITIES.get(queue, 0)
-    status = "scheduled" if eta and eta > utcnow() else "queued"
+    fresh, kwargs, status = new_job(
+        name, args, delay, eta, priority, queue, checked, parent_id=parent_id, api_key_id=api_key_id, idempotency_key=idempotency_key
+    )
     check_disk()
     try:
         job = None
@@ -477,25 +471,15 @@ def submit(
             if job is not None:
                 _same_call(job, kwargs)
         if job is None:
-            job = Job.record(
-                id=str(uuid.uuid4()),
-                name=name,
-                args=json.dumps(kwargs),
-                status="pending",
-                queue=queue,
-                priority=priority,
-                scheduled_for=eta,
-                parent_id=parent_id,
-                api_key_id=api_key_id,
-                idempotency_key=idempotency_key,
-            )
+            job = fresh
+            Job.insert_rows([job])
     except IntegrityError:
         # Another request with the same idempotency key won the race.
         return _same_call(Job.by_idempotency_key(api_key_id, name, idempotency_key), kwargs), False
     except PeeweeException as exc:
         raise Unavailable(f"database unavailable: {exc}") from exc
     try:
-        _enqueue(function, job.id, kwargs, eta, priority, queue)
+        _enqueue(FUNCTIONS[name], job.id, kwargs, fresh.scheduled_for, fresh.priority, fresh.queue)
     except Exception as exc:
         _forget_pending([job.id])
         raise Unavailable(f"queue storage unavailable: {exc}") from exc
@@ -514,6 +498,21 @@ def submit(
     return job, True
 
 
+def new_job(name, args, delay=None, eta=None, priority=None, queue=None, checked=False, **fields):
+    """An unsaved `pending` Job for a call of `name`, its checked arguments, and the
+    status it takes once its message is queued; ArgumentError for bad arguments."""
+    function = FUNCTIONS[name]
+    kwargs = (args or {}) if checked else function.validate(args or {})
+    if delay is not None:
+        eta = utcnow() + datetime.timedelta(seconds=delay)
+    queue = queue or function.queue
+    if priority is None:
+        priority = settings.QUEUE_PRIORITIES.get(queue, 0)
+    status = "scheduled" if eta and eta > utcnow() else "queued"
+    values = {"args": json.dumps(kwargs), "queue": queue, "priority": priority, "scheduled_for": eta, **fields}
+    return Job(id=str(uuid.uuid4()), name=name, status="pending", **values), kwargs, status
+
+
 def _forget_pending(job_ids):
     """Remove the rows of a failed enqueue; if that fails too, the reaper removes them later."""
     try:
@@ -528,7 +527,8 @@ def _same_call(job, kwargs):
     return job
 
 
-def _enqueue(function, job_id, kwargs, eta=None, priority=None, queue=None):
+def message_for(function, job_id, kwargs, eta=None, priority=None, queue=None):
+    """The queue message of a recorded job (its row is written: _record_enqueued leaves it alone)."""
     if eta is not None and eta.tzinfo is None:
         # Our times are naive UTC; huey reads a naive eta as local time.
         eta = eta.replace(tzinfo=datetime.timezone.utc)
@@ -536,7 +536,11 @@ def _enqueue(function, job_id, kwargs, eta=None, priority=None, queue=None):
     message.recorded = True
     if queue and queue != function.queue:
         message.queue = queue  # a schedule's override; else its function's (queue_of)
-    huey.enqueue(message)
+    return message
+
+
+def _enqueue(function, job_id, kwargs, eta=None, priority=None, queue=None):
+    huey.enqueue(message_for(function, job_id, kwargs, eta, priority, queue))
     _wake.set()
 
 

@@ -375,22 +375,33 @@ class Job(JobQueries, BaseModel):
 
     @classmethod
     def record(cls, **values):
-        """Insert a new job row (Job.create, faster) and return it.
+        """Insert a new job row (Job.create, faster) and return it."""
+        job = cls(**values)
+        cls.insert_rows([job])
+        return job
+
+    @classmethod
+    def insert_rows(cls, jobs):
+        """Insert new job rows (unsaved Job instances) in one transaction.
 
         Every enqueue runs this: a 28-column INSERT takes peewee ~0.5 ms to
         build, half the cost of an HTTP enqueue (bench/, issue 7). The SQL is
         made from the model's own fields, so new columns and their defaults
         (filled in by the model as ever) come along without an edit here.
         """
-        job = cls(**values)
         fields = cls._meta.sorted_fields
         sql = 'INSERT INTO "{}" ({}) VALUES ({})'.format(
             cls._meta.table_name,
             ", ".join(f'"{field.column_name}"' for field in fields),
             ", ".join([db.param] * len(fields)),
         )
-        db.execute_sql(sql, [field.db_value(job.__data__.get(field.name)) for field in fields])
-        return job
+        rows = [[field.db_value(job.__data__.get(field.name)) for field in fields] for job in jobs]
+        if len(rows) == 1:  # a statement is its own transaction
+            db.execute_sql(sql, rows[0])
+            return
+        with db.atomic():
+            for row in rows:
+                db.execute_sql(sql, row)
 
     @classmethod
     def _run(cls, sql, params):

@@ -118,6 +118,14 @@ class QueueStorage(SqlQueues, SqliteStorage):
             commit=True,
         )
 
+    def enqueue_many(self, items):
+        """Enqueue (data, priority, queue) items in one transaction."""
+        with self.db(commit=True) as curs:
+            curs.executemany(
+                "insert into task (queue, data, priority) values (?, ?, ?)",
+                [(self.queue_name(queue), self.to_blob(data), priority or 0) for data, priority, queue in items],
+            )
+
     def dequeue(self):
         names = self.read_names()
         best = best_of_heads(len(names))
@@ -146,6 +154,15 @@ class PostgresQueueStorage(SqlQueues, PostgresStorage):
             curs.execute(
                 f"insert into {self.table_task} (queue, data, priority) values (%s, %s, %s)",
                 (self.queue_name(queue), data, priority or 0),
+            )
+            curs.execute("select pg_notify(%s, %s)", (self.channel, ""))
+
+    def enqueue_many(self, items):
+        """Enqueue (data, priority, queue) items in one transaction, waking the listeners once."""
+        with self.db(commit=True) as curs:
+            curs.executemany(
+                f"insert into {self.table_task} (queue, data, priority) values (%s, %s, %s)",
+                [(self.queue_name(queue), data, priority or 0) for data, priority, queue in items],
             )
             curs.execute("select pg_notify(%s, %s)", (self.channel, ""))
 
@@ -210,6 +227,18 @@ class RedisQueueStorage(RoutedQueues, PriorityRedisStorage):
         # huey's prefix: the enqueue time, so equal priorities keep their order (RedisPriorityQueue).
         prefix = struct.pack(">Q", int(time.time() * 1e6))
         self.conn.zadd(self.queue_name(queue), {prefix + data: priority})
+
+    def enqueue_many(self, items):
+        """Enqueue (data, priority, queue) items in one round trip, in their order."""
+        start = int(time.time() * 1e6)
+        by_key = {}
+        for n, (data, priority, queue) in enumerate(items):
+            member = struct.pack(">Q", start + n) + data  # arrival order within a priority
+            by_key.setdefault(self.queue_name(queue), {})[member] = 0 if priority is None else -priority
+        pipe = self.conn.pipeline(transaction=False)
+        for key, members in by_key.items():
+            pipe.zadd(key, members)
+        pipe.execute()
 
     def dequeue(self):
         keys = self.read_names()

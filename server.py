@@ -9,11 +9,16 @@ headers used up the process's file descriptors. Here:
 - a kept-alive connection that sends nothing for IDLE_TIMEOUT seconds is closed;
 - at most MAX_CONNECTIONS connections are served at once (kept below the
   open-file limit); more wait in the kernel's listen queue, using no descriptor here;
-- every socket has TCP_NODELAY (see NoDelayHandler.handle).
+- every socket has TCP_NODELAY (see LimitedHandler.handle);
+- a response's headers and its first body chunk leave in one send, not two
+  (LimitedHandler._write_with_headers).
 """
 
 import logging
+import re
 import socket
+import sys
+from http import client
 
 import gevent
 from gevent.pool import Pool
@@ -33,8 +38,75 @@ class HeadersTooSlow(ValueError):
     """The client did not finish its request line and headers within HEADER_TIMEOUT."""
 
 
+_HEADER_NAME = re.compile(r"[!-9;-~]+\Z")  # what the email parser takes for a header name
+
+
+class RequestHeaders:
+    """A request's headers as gevent's handler reads them (get, del, .headers,
+    .typeheader), parsed as http.client.parse_headers does but without the email
+    package, which took a sixth of an enqueue's time (bench/web_rows.py --profile)."""
+
+    status = ""  # gevent's flag for headers it could not read
+
+    def __init__(self, pairs):
+        self._pairs = pairs
+
+    @classmethod
+    def read(cls, rfile, *_):
+        """The headers from `rfile`, up to the blank line; the limits are http.client's."""
+        pairs, broken = [], False
+        while True:
+            line = rfile.readline(client._MAXLINE + 1)
+            if len(line) > client._MAXLINE:
+                headers = cls([])
+                headers.status = "Line too long"
+                return headers
+            if line in (b"\r\n", b"\n", b""):
+                return cls(pairs)
+            if len(pairs) >= client._MAXHEADERS:
+                raise client.HTTPException(f"got more than {client._MAXHEADERS} headers")
+            text = line.decode("iso-8859-1").rstrip("\r\n")
+            if broken:
+                continue  # as the email parser does, what follows a malformed line is not a header
+            if text[:1] in (" ", "\t") and pairs:  # a folded line continues the header above
+                name, value = pairs[-1]
+                pairs[-1] = (name, f"{value} {text.strip()}")
+                continue
+            name, colon, value = text.partition(":")
+            if not colon or not _HEADER_NAME.match(name):
+                broken = True
+                continue
+            pairs.append((name, value.lstrip(" \t")))
+
+    def get(self, name, default=None):
+        name = name.lower()
+        for key, value in self._pairs:
+            if key.lower() == name:
+                return value
+        return default
+
+    getheader = get
+
+    def __delitem__(self, name):
+        name = name.lower()
+        self._pairs = [(key, value) for key, value in self._pairs if key.lower() != name]
+
+    @property
+    def headers(self):
+        return [f"{key}: {value}\r\n" for key, value in self._pairs]
+
+    @property
+    def typeheader(self):
+        return self.get("content-type")
+
+
 class LimitedHandler(WSGIHandler):
     """gevent's handler with a header-read deadline and an idle keep-alive timeout."""
+
+    MessageClass = staticmethod(RequestHeaders.read)
+
+    def log_request(self):
+        pass  # there is no access log (log=None): gevent would still format its line
 
     header_timeout = 30.0
     idle_timeout = 60.0
@@ -48,6 +120,30 @@ class LimitedHandler(WSGIHandler):
         if self.socket.family in (socket.AF_INET, socket.AF_INET6):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().handle()
+
+    def _write_with_headers(self, data):
+        # gevent's own sends the headers, then the body: two system calls and two
+        # TCP segments for every small JSON answer, a third of an enqueue's cost
+        # over HTTP (bench/web_rows.py --profile). Here they leave in one send.
+        self.headers_sent = True
+        self.finalize_headers()
+        # status and header names and values are bytes already (start_response encodes them)
+        out = bytearray(b"HTTP/1.1 ")
+        out += self.status
+        out += b"\r\n"
+        for header, value in self.response_headers:
+            out += header
+            out += b": "
+            out += value
+            out += b"\r\n"
+        out += b"\r\n"
+        if data and self.response_use_chunked:
+            out += b"%x\r\n" % len(data)
+            out += data
+            out += b"\r\n"
+        elif data:
+            out += data
+        self._sendall(out)
 
     def read_requestline(self):
         if self._served and not self._data_within(self.idle_timeout):
@@ -124,15 +220,45 @@ def connection_limit(wanted=None):
     return lowered
 
 
-def make_server(app, host=None, port=None):
-    """The WSGIServer for `app` on HOST:PORT with the limits above."""
+def can_share_port():
+    """Whether several processes can serve one port here: Linux's SO_REUSEPORT spreads
+    connections over them. Elsewhere (Windows has no such option; macOS's does not
+    spread) `web.py run` serves with one process."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def shared_listener(host, port, first=False, backlog=1024):
+    """A listening socket on host:port that other processes may bind too (SO_REUSEPORT):
+    the kernel hands each new connection to one of them.
+
+    `first`: the port must be free, as for one process. Without this check a second
+    litejobs started by mistake on the same port would silently share its traffic.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    if first:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)  # OSError "Address already in use" while anything listens there
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(address)
+    listener.listen(backlog)
+    return listener
+
+
+def make_server(app, host=None, port=None, share_port=None):
+    """The WSGIServer for `app` on HOST:PORT with the limits above; `share_port`: bound with
+    SO_REUSEPORT beside the other web processes of `web.py run` (WEB_PROCESSES), "first"
+    for the one that binds before them."""
 
     class Handler(LimitedHandler):
         header_timeout = settings.HEADER_TIMEOUT
         idle_timeout = settings.IDLE_TIMEOUT
 
+    address = (host or settings.HOST, port or settings.PORT)
     return WSGIServer(
-        (host or settings.HOST, port or settings.PORT),
+        shared_listener(*address, first=share_port == "first") if share_port else address,
         app,
         log=None,
         error_log=logger,

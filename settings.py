@@ -193,6 +193,12 @@ IDLE_TIMEOUT = _define("IDLE_TIMEOUT", 60.0, "seconds a kept-alive connection ma
 MAX_CONNECTIONS = _define(
     "MAX_CONNECTIONS", 1000, "most client connections served at once (kept below the open-file limit); more wait", _int(1, 1_000_000)
 )
+WEB_PROCESSES = _define(
+    "WEB_PROCESSES",
+    1,
+    "web server processes `web.py run` starts on PORT, sharing it (Linux, SO_REUSEPORT); elsewhere always 1",
+    _int(1, 64),
+)
 UPLOAD_MAX_MB = _define("UPLOAD_MAX_MB", 10, "largest upload accepted, in MiB", _int(1, 1024))
 LOG_LEVEL = _define("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR (any case): litejobs' own log lines", _level)
 LIBRARY_LOG_LEVEL = _define(

@@ -1,4 +1,5 @@
-"""litejobs supervisor: the consumer that `web.py run` starts, as a child process.
+"""litejobs supervisor: the consumer that `web.py run` starts, as a child process
+(and its other web processes, WEB_PROCESSES, supervised the same way).
 
 Job code never runs in the web server's event loop: `web.py run` starts
 `python supervisor.py`, huey's consumer with WORKERS thread workers, and
@@ -48,6 +49,10 @@ def describe_exit(code):
 class ConsumerProcess:
     """The consumer of `web.py run`: a supervised child process. Runs in gevent's loop."""
 
+    name = "consumer"
+    prefix = PREFIX
+    wake_ups = True  # pass this process's enqueues on (jobs._wake)
+
     def __init__(self, command=None):
         # -u: a print() in a job reaches the log at once, not when a pipe buffer fills.
         self.command = command or [sys.executable, "-u", str(Path(__file__).resolve())]
@@ -60,7 +65,9 @@ class ConsumerProcess:
         from gevent.event import Event
 
         self._stop_event = Event()
-        self._greenlets = [gevent.spawn(self._keep_running), gevent.spawn(self._pass_wake_ups)]
+        self._greenlets = [gevent.spawn(self._keep_running)]
+        if self.wake_ups:
+            self._greenlets.append(gevent.spawn(self._pass_wake_ups))
 
     def _spawn(self):
         # The standard library's Popen (web.py leaves subprocess unpatched), the
@@ -95,24 +102,24 @@ class ConsumerProcess:
             try:
                 self.process = process = self._spawn()
             except OSError as exc:
-                logger.error("cannot start the consumer: %s; trying again in %g s", exc, delay)
+                logger.error("cannot start the %s: %s; trying again in %g s", self.name, exc, delay)
             else:
-                logger.info("consumer started (pid %s)", process.pid)
-                relay = gevent.spawn(self._relay, process.stdout)
+                logger.info("%s started (pid %s)", self.name, process.pid)
+                relay = gevent.spawn(self._relay, process.stdout, self.prefix)
                 code = gevent.get_hub().threadpool.spawn(process.wait).get()
                 relay.join(5)
                 if self.stopping:
-                    logger.info("consumer (pid %s) %s", process.pid, describe_exit(code))
+                    logger.info("%s (pid %s) %s", self.name, process.pid, describe_exit(code))
                     return
                 if time.monotonic() - started >= RESTART_DELAY_MAX:
                     delay = RESTART_DELAY
-                logger.error("consumer (pid %s) %s; starting it again in %g s", process.pid, describe_exit(code), delay)
+                logger.error("%s (pid %s) %s; starting it again in %g s", self.name, process.pid, describe_exit(code), delay)
             self._stop_event.wait(delay)
             delay = min(delay * 2, RESTART_DELAY_MAX)
 
     @staticmethod
-    def _relay(stream):
-        """Copy the consumer's output into this process's log, line by line, with its prefix."""
+    def _relay(stream, prefix=PREFIX):
+        """Copy the child's output into this process's log, line by line, with its prefix."""
         import gevent
 
         read = gevent.get_hub().threadpool.apply
@@ -122,9 +129,9 @@ class ConsumerProcess:
             if not chunk:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
-            sys.stderr.write("".join(PREFIX + line.decode("utf-8", "replace").rstrip("\r") + "\n" for line in lines))
+            sys.stderr.write("".join(prefix + line.decode("utf-8", "replace").rstrip("\r") + "\n" for line in lines))
         if pending:
-            sys.stderr.write(PREFIX + pending.decode("utf-8", "replace") + "\n")
+            sys.stderr.write(prefix + pending.decode("utf-8", "replace") + "\n")
         sys.stderr.flush()
 
     def _pass_wake_ups(self):
@@ -170,11 +177,24 @@ class ConsumerProcess:
             try:
                 exited.get(timeout=timeout)
             except gevent.Timeout:
-                logger.warning("consumer (pid %s) still running after %g s; killing it", process.pid, timeout)
+                logger.warning("%s (pid %s) still running after %g s; killing it", self.name, process.pid, timeout)
                 process.kill()
                 exited.get()
         gevent.joinall(self._greenlets, timeout=5)
         return None if process is None else process.returncode
+
+
+class WebProcess(ConsumerProcess):
+    """One more web server process of `web.py run` on the same port (WEB_PROCESSES, SO_REUSEPORT):
+    supervised as the consumer is, stopped gracefully the same way (end of its stdin)."""
+
+    wake_ups = False
+
+    def __init__(self, number):
+        self.name = f"web process {number}"
+        self.prefix = f"[web {number}] "
+        script = str(Path(__file__).resolve().parent / "web.py")
+        super().__init__([sys.executable, "-u", script, "run", "--no-consumer", "--stop-on-stdin-eof", "--shared-port"])
 
 
 # -- The child process ---------------------------------------------------------------

@@ -38,6 +38,7 @@ import backup
 import cli
 import client_cli
 import dashboard
+import group_commit
 import guard
 import health
 import joblog
@@ -210,7 +211,8 @@ def invoke(name):
     idempotency_key = request.get_header("Idempotency-Key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
         raise ApiError(422, "invalid_argument", "Idempotency-Key: must be 1 to 200 characters", "Idempotency-Key")
-    job, created = jobs.submit(
+    # Written together with the calls arriving at the same time (group_commit.py).
+    job, created = group_commit.submit(
         name, args, delay=delay, eta=eta, priority=priority, api_key_id=key.id, idempotency_key=idempotency_key
     )
     if not created:
@@ -443,29 +445,35 @@ def prepare():
         sys.exit(f"litejobs: cannot start: migrating the database failed: {type(exc).__name__}: {exc}")
 
 
-def serve(with_consumer=True, stop_on_stdin_eof=False):
-    """Serve the app with gevent, with a consumer in a child process unless told otherwise.
+def serve(with_consumer=True, stop_on_stdin_eof=False, shared_port=False):
+    """Serve the app with gevent, with a consumer in a child process unless told otherwise,
+    and WEB_PROCESSES - 1 more web processes on the same port where the system allows.
 
-    `stop_on_stdin_eof`: stop gracefully when stdin closes (reloader.py's child).
+    `stop_on_stdin_eof`: stop gracefully when stdin closes (reloader.py's child, and
+    the other web processes). `shared_port`: one of those others (the first one migrated).
     """
     import signal
 
     import gevent
 
-    from server import make_server
+    from server import can_share_port, make_server
 
-    prepare()
+    if not shared_port:
+        prepare()
     running = backup.running_lock()  # noqa: F841 (held while serving: restore refuses meanwhile)
-    consumer = None
+    processes = 1 if shared_port else web_processes(can_share_port())
+    # Header and idle timeouts, a connection cap, TCP_NODELAY; bound first, so the others join a bound port.
+    server = make_server(app, share_port="other" if shared_port else "first" if processes > 1 else None)
+    children = [supervisor.WebProcess(number) for number in range(2, processes + 1)]
     if with_consumer:
-        consumer = supervisor.ConsumerProcess()
-        consumer.start()
-    server = make_server(app)  # header and idle timeouts, a connection cap, TCP_NODELAY
+        children.append(supervisor.ConsumerProcess())
+    for child in children:
+        child.start()
 
     def stop(*_):
         logger.info("stopping: finishing requests and running jobs")
-        if consumer is not None:
-            gevent.spawn(consumer.stop)  # it finishes its running jobs while the server finishes its requests
+        for child in children:
+            gevent.spawn(child.stop)  # the consumer finishes its running jobs while the servers finish their requests
         gevent.spawn(server.stop, timeout=5)
 
     if hasattr(gevent, "signal_handler") and sys.platform != "win32":
@@ -481,16 +489,28 @@ def serve(with_consumer=True, stop_on_stdin_eof=False):
             stop()
 
         gevent.spawn(stop_at_eof)
-    logger.info("litejobs serving on http://%s:%s (consumer: %s)", settings.HOST, settings.PORT, bool(consumer))
+    if not shared_port:
+        logger.info(
+            "litejobs serving on http://%s:%s (web processes: %s, consumer: %s)", settings.HOST, settings.PORT, processes, with_consumer
+        )
     server.serve_forever()
     try:
         key_calls.flush()  # the last second's API key calls
     except Exception:
         logger.exception("could not write the API key call counts")
-    if consumer is not None:
-        consumer.stop()
-        consumer.wait()
+    for child in children:
+        child.stop()
+    for child in children:
+        child.wait()
     logger.info("stopped")
+
+
+def web_processes(can_share):
+    """WEB_PROCESSES, or 1 (said once in the log) where processes cannot share a port."""
+    if settings.WEB_PROCESSES > 1 and not can_share:
+        logger.warning("WEB_PROCESSES=%s: this system cannot share a port between processes; serving with one", settings.WEB_PROCESSES)
+        return 1
+    return settings.WEB_PROCESSES
 
 
 def supervise(consumer):
@@ -518,6 +538,7 @@ def main(argv=None):
     run.add_argument("--no-consumer", action="store_true", help="serve only; run huey_consumer jobs.huey apart")
     run.add_argument("--reload", action="store_true", help="restart when a file of an app or FUNCTIONS_DIR changes")
     run.add_argument("--stop-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)  # --reload's child
+    run.add_argument("--shared-port", action="store_true", help=argparse.SUPPRESS)  # one of WEB_PROCESSES
     key = commands.add_parser("create-key", help="create an API key and print it")
     key.add_argument("name")
     key.add_argument("--scope", choices=ApiKey.SCOPES, default="admin", help="read: GET only; admin: everything (default)")
@@ -549,7 +570,7 @@ def main(argv=None):
         logger.info("reloading on changes under %s", ", ".join(sorted(map(str, folders))))
         sys.exit(reloader.run(command, sorted(folders), timeout=settings.SHUTDOWN_TIMEOUT + 10))
     elif args.command == "run":
-        serve(with_consumer=not args.no_consumer, stop_on_stdin_eof=args.stop_on_stdin_eof)
+        serve(with_consumer=not args.no_consumer, stop_on_stdin_eof=args.stop_on_stdin_eof, shared_port=args.shared_port)
     elif args.command in ("create-key", "keys", "revoke-key", "create-user"):
         prepare()
         getattr(cli, args.command.replace("-", "_"))(args)

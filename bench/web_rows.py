@@ -17,14 +17,15 @@ if __name__ == "__main__":
 import lj  # noqa: E402
 
 
-def http_enqueue(clients=16, duration=20.0, url=None):
+def http_enqueue(clients=16, duration=20.0, url=None, **settings):
     """POST /api/v1/jobs/ping from `clients` keep-alive connections for `duration` s,
     then POST /api/v1/jobs/echo?wait=5 one at a time on the same server.
-    With `url`, the app database and the queue are both there (PostgreSQL)."""
+    With `url`, the app database and the queue are both there (PostgreSQL);
+    `settings` go into the server's environment (WEB_PROCESSES=2)."""
     data_dir = common.scratch("http-postgresql" if url else "http")
     env = common.service_env(data_dir, url, url)
     key = common.create_key(env)
-    process, port, env = common.start_web(data_dir, database_url=url, queue_url=url)
+    process, port, env = common.start_web(data_dir, database_url=url, queue_url=url, **settings)
     try:
         time.sleep(1)
         rss_idle = common.rss_mb(process.pid)
@@ -175,7 +176,10 @@ def rows(quick=False, clients=16, duration=20.0):
     data = http_enqueue(clients, duration)
     sync = data.pop("sync")
     top = ceiling(clients, duration)
+    two = http_enqueue(clients, duration, WEB_PROCESSES=2)
+    two.pop("sync")
     ratio = data["requests_per_s"] / top["requests_per_s"]
+    ratio_two = two["requests_per_s"] / top["requests_per_s"]
     return [
         {
             "id": "http-ceiling",
@@ -187,6 +191,18 @@ def rows(quick=False, clients=16, duration=20.0):
             "target": "≥ 0.6×",
             "met": ratio >= 0.6,
             "data": {**top, "ratio": round(ratio, 3)},
+        },
+        {
+            "id": "http-ceiling-2-web",
+            "benchmark": f"HTTP enqueue against its ceiling with WEB_PROCESSES=2 (two web processes on one port, "
+            f"SO_REUSEPORT) and the consumer, same {clients} clients, {duration:g} s",
+            "litejobs": f"{two['requests_per_s']:,.0f} jobs/s",
+            "baseline": f"bare app {top['requests_per_s']:,.0f} requests/s",
+            "result": f"{ratio_two:.2f}×; p50 {two['p50_ms']} / p99 {two['p99_ms']} ms, {two['errors']} errors; "
+            f"{two['terminal_after']:,} of {two['accepted']:,} accepted jobs terminal {two['backlog_drained_s']} s after the load",
+            "target": "≥ 0.6×",
+            "met": ratio_two >= 0.6,
+            "data": {**two, "ratio": round(ratio_two, 3), "command": "WEB_PROCESSES=2 " + two["command"]},
         },
         {
             "id": "http-enqueue",

@@ -12,6 +12,7 @@ from helpers import RunningConsumer, assert_error, wait_until
 import fault_tasks  # noqa: F401 - registers probe in this process
 import consumer as consumer_module
 from consumer import reap, requeue_lost
+import group_commit
 import jobs
 import models
 import runs
@@ -154,13 +155,16 @@ def test_retry_with_the_idempotency_key_after_a_failed_enqueue_gets_one_job(clie
 
 
 def test_job_failed_enqueue_leaves_no_row_and_its_message_never_runs(client, monkeypatch, tmp_path):
-    real = jobs._enqueue
+    def push_then_time_out(real):
+        def push(*args, **kwargs):
+            real(*args, **kwargs)
+            raise TimeoutError("Timeout reading from socket")
 
-    def push_then_time_out(*args, **kwargs):
-        real(*args, **kwargs)
-        raise TimeoutError("Timeout reading from socket")
+        return push
 
-    monkeypatch.setattr(jobs, "_enqueue", push_then_time_out)
+    # One message (jobs.submit) or a batch of them (the web's group_commit.submit).
+    monkeypatch.setattr(jobs, "_enqueue", push_then_time_out(jobs._enqueue))
+    monkeypatch.setattr(group_commit, "push_messages", push_then_time_out(group_commit.push_messages))
     assert_error(client.post("/api/v1/jobs/probe", {"n": 1}), 503, "unavailable")
     assert Job.select().count() == 0
     jobs.huey.execute(jobs.huey.dequeue())

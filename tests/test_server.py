@@ -178,3 +178,97 @@ def test_chunked_body_over_the_limit_is_413_on_the_real_server(web):
 
 def test_web_process_logs_no_traceback(web):
     assert "Traceback" not in web.log()
+
+
+# -- One send per response ----------------------------------------------------------------
+def test_headers_and_body_of_a_response_leave_in_one_send():
+    """Two sends per answer cost a third of an enqueue (bench/web_rows.py --profile): one is enough."""
+    import gevent.socket
+
+    import server
+
+    sent = []
+
+    class RecordingSocket(gevent.socket.socket):
+        def sendall(self, data, flags=0):
+            sent.append(bytes(data))
+            return super().sendall(data, flags)
+
+    def app(environ, start_response):
+        start_response("202 Accepted", [("Content-Type", "application/json")])
+        return [b'{"id": "42"}']
+
+    ours, client = gevent.socket.socketpair()
+    client.sendall(b"POST /api/v1/jobs/ping HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    wsgi = server.make_server(app, "127.0.0.1", 1)
+    wsgi.update_environ()
+    wsgi.handle(RecordingSocket(fileno=ours.detach()), ("127.0.0.1", 40000))
+    answer = client.recv(65536)
+    client.close()
+    assert len(sent) == 1, sent
+    assert answer == sent[0]
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n") and answer.endswith(b'\r\n\r\n{"id": "42"}')
+
+
+def test_a_response_arrives_whole_in_one_read_from_the_real_server(web):
+    """Headers and body in one segment: a client's first read has the whole answer."""
+    sock = connect(web)
+    try:
+        for _ in range(20):
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = sock.recv(65536)
+            assert first.endswith(b'{"status": "ok"}'), first
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Host: a\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n",
+        b"Host: a\r\nX-Twice: 1\r\nx-twice: 2\r\nAuthorization:   Bearer k  \r\n\r\n",
+        b"Host: a\nTransfer-Encoding: chunked\n\n",
+        b"Host: a\r\nNot a header\r\nX-After: 1\r\n\r\n",
+        b"Host: caf\xe9\r\n\r\n",
+    ],
+)
+def test_request_headers_read_as_http_client_reads_them(raw):
+    """server.RequestHeaders replaces http.client.parse_headers (and the email package) for speed, not meaning."""
+    import io
+    from http import client
+
+    import server
+
+    ours, theirs = server.RequestHeaders.read(io.BytesIO(raw + b"BODY")), client.parse_headers(io.BytesIO(raw + b"BODY"))
+    assert ours.headers == [f"{name}: {value}\r\n" for name, value in theirs.items()]
+    for name in ("host", "Content-Length", "X-TWICE", "authorization", "transfer-encoding", "x-after", "missing"):
+        assert ours.get(name) == theirs.get(name)
+    assert ours.typeheader == theirs.get("content-type")
+
+
+def test_request_headers_keep_http_clients_limits():
+    import io
+    from http import client
+
+    import server
+
+    too_long = server.RequestHeaders.read(io.BytesIO(b"X: " + b"a" * 70000 + b"\r\n\r\n"))
+    assert too_long.status == "Line too long"
+    with pytest.raises(client.HTTPException):
+        server.RequestHeaders.read(io.BytesIO(b"".join(b"X-%d: 1\r\n" % n for n in range(101)) + b"\r\n"))
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+def test_shared_port_is_refused_when_another_server_listens_there():
+    """WEB_PROCESSES shares the port among its own processes only: a second litejobs on it fails at start."""
+    import server
+
+    other = server.shared_listener("127.0.0.1", 0)
+    port = other.getsockname()[1]
+    try:
+        with pytest.raises(OSError):
+            server.shared_listener("127.0.0.1", port, first=True)
+        server.shared_listener("127.0.0.1", port).close()  # one of the same server's processes may join
+    finally:
+        other.close()
+    server.shared_listener("127.0.0.1", port, first=True).close()  # free again

@@ -1,6 +1,7 @@
 """`web.py run` and its consumer: a supervised child process with thread workers, never job
 code in the web server's event loop; restarted when it dies, stopped with the web process."""
 
+import http.client
 import os
 import re
 import signal
@@ -136,3 +137,59 @@ def test_health_live_stays_fast_beside_four_cpu_bound_jobs(tmp_path):
     p99 = statistics.quantiles(times, n=100)[98]
     # bench/liveness.py holds the strict figure (20 ms); this bound leaves room for a busy test machine.
     assert p99 < 200, f"/health/live p99 {p99:.1f} ms beside 4 CPU-bound jobs"
+
+
+# -- WEB_PROCESSES: several web processes on one port (Linux, SO_REUSEPORT) ------------------------
+def server_pids_of_connections(port, pids):
+    """{pid: connections it holds on `port`}, from /proc: each established socket's inode, found among the fds of `pids`."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == port and state == "01":  # ESTABLISHED, the server's end
+                inodes[inode] = None
+    held = {}
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held[pid] = held.get(pid, 0) + 1
+    return held
+
+
+def ask_on_a_new_connection(port, connections):
+    """Open one more kept-alive connection (kept in `connections`) and get /health/live on it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connections.append(conn)
+    conn.request("GET", "/health/live")
+    assert conn.getresponse().read() == b'{"status": "ok"}'
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only")
+def test_two_web_processes_share_the_port_and_both_serve(tmp_path):
+    web = WebRun(tmp_path, WEB_PROCESSES="2")
+    connections = []
+    try:
+        wait_until(web.live, timeout=30, message="web.py run answers")
+        other = int(wait_until(lambda: re.search(r"web process 2 started \(pid (\d+)\)", web.log()), 30).group(1))
+        pids = [web.process.pid, other]
+
+        def both_serve():
+            ask_on_a_new_connection(web.port, connections)
+            return len(server_pids_of_connections(web.port, pids)) == 2
+
+        # New connections go to either process, once the second one listens too.
+        wait_until(both_serve, timeout=30, interval=0.05, message="connections served by both processes")
+        assert web.client.post("/api/v1/jobs/echo?wait=20", {"value": "two"}).json["status"] == "succeeded"
+    finally:
+        for conn in connections:
+            conn.close()
+        code = web.stop(signal.SIGINT)
+    log = web.log()
+    assert code == 0, log[-3000:]
+    assert f"web process 2 (pid {other}) exited with code 0" in log, log[-3000:]
+    assert all(line.startswith(("[web] ", "[web 2] ", "[consumer] ")) for line in log.splitlines()), log[-3000:]
