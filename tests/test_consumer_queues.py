@@ -15,7 +15,10 @@ QUEUE_URLS = {"sqlite": None, "redis": REDIS_URL, "postgresql": POSTGRES_URL}
 
 def start(tmp_path, backend, queues):
     """A consumer process serving `queues`, on this test's database and queue storage."""
-    return start_consumer(tmp_path, "-w", "2", queue_url=QUEUE_URLS[backend], QUEUES=queues, module="queue_tasks.huey")
+    # RUN_SCHEDULES=0: no app's schedule puts jobs on a queue the test has left unserved.
+    return start_consumer(
+        tmp_path, "-w", "2", queue_url=QUEUE_URLS[backend], QUEUES=queues, RUN_SCHEDULES="0", module="queue_tasks.huey"
+    )
 
 
 def worker_serving(queues):
