@@ -36,7 +36,6 @@ from models import WAITING, Job, Worker, close_all_connections, db_time, utcnow
 logger = logging.getLogger("litejobs.jobs")  # the name it logged under inside jobs.py: log filters keep working
 
 
-
 def reap(now=None):
     """Run again the jobs whose run's lease lapsed; returns how many.
 
@@ -60,7 +59,9 @@ def reap(now=None):
             if Job.update(status="failed", error=lost, finished_at=utcnow()).where(claim).execute():
                 hooks.job_finished.send(job.id, job.name, "failed")
             continue
-        update = Job.update(status="queued", consumer_id=None, claim=None, lease_until=None, error=lost, recoveries=Job.recoveries + 1)
+        update = Job.update(
+            status="queued", consumer_id=None, claim=None, lease_until=None, error=lost, recoveries=Job.recoveries + 1
+        )
         if update.where(claim).execute():
             _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, priority=job.priority, queue=job.queue)
             logger.warning("job %s (%s): %s; running it again", job.id, job.name, lost)
@@ -96,7 +97,11 @@ def requeue_lost(now=None):
         missing.extend(job for job in page if job.id not in present)
         last = page[-1]
         after = (Job.enqueued_at > last.enqueued_at) | ((Job.enqueued_at == last.enqueued_at) & (Job.id > last.id))
-        page = list(waiting.where(after).order_by(Job.enqueued_at, Job.id).limit(REQUEUE_PAGE)) if len(page) == REQUEUE_PAGE else []
+        page = (
+            list(waiting.where(after).order_by(Job.enqueued_at, Job.id).limit(REQUEUE_PAGE))
+            if len(page) == REQUEUE_PAGE
+            else []
+        )
     requeued = 0
     for job in missing:
         if job.id not in _suspects or job.name not in FUNCTIONS:
@@ -104,7 +109,14 @@ def requeue_lost(now=None):
         claim = (Job.id == job.id) & (Job.status == job.status) & (Job.recoveries == job.recoveries)
         error = "queue message lost with a consumer; enqueued again"
         if Job.update(recoveries=Job.recoveries + 1, error=error).where(claim).execute():
-            _enqueue(FUNCTIONS[job.name], job.id, job.args_dict, eta=job.scheduled_for, priority=job.priority, queue=job.queue)
+            _enqueue(
+                FUNCTIONS[job.name],
+                job.id,
+                job.args_dict,
+                eta=job.scheduled_for,
+                priority=job.priority,
+                queue=job.queue,
+            )
             logger.warning("job %s (%s): %s", job.id, job.name, error)
             requeued += 1
     _suspects = {job.id for job in missing}
@@ -184,18 +196,24 @@ def watch_queue_file(path, stop_flag, interval):
 def served_queues(queues):
     """The queue names of QUEUES (or the consumer option), checked; [] for every queue.
 
-    A name that no setting or loaded function knows stops the start with one
-    line naming the setting, as a bad value of any setting does.
+    `-name` leaves a queue out (`QUEUES=-media,-sync`: every known queue but
+    those, as Celery's `-X`), so the web box's consumer need not list every
+    app's queues. A name that no setting or loaded function knows stops the
+    start with one line naming the setting, as a bad value of any setting does.
     """
     names = [q.strip() for q in queues.split(",")] if isinstance(queues, str) else list(queues or ())
     names = list(dict.fromkeys(q for q in names if q))
-    unknown = [q for q in names if q not in jobs.known_queues()]
+    excluded = [q[1:].strip() for q in names if q.startswith("-")]
+    names = [q for q in names if not q.startswith("-")]
+    known = jobs.known_queues()
+    unknown = [q for q in names + excluded if q not in known]
     if unknown:
-        known = ", ".join(sorted(jobs.known_queues()))
         sys.exit(
-            f"litejobs: QUEUES: unknown queue {unknown[0]!r}; known queues: {known} "
+            f"litejobs: QUEUES: unknown queue {unknown[0]!r}; known queues: {', '.join(sorted(known))} "
             "(a new queue needs a priority in QUEUE_PRIORITIES, or a function using it)"
         )
+    if excluded:
+        names += sorted(known - set(excluded) - set(names))
     return names
 
 
@@ -262,8 +280,13 @@ class Consumer(huey_consumer.Consumer):
         # A consumer may be the first process to meet a new database.
         preflight.check_services(check_queue)
         Worker.create(
-            id=jobs.CONSUMER_ID, host=settings.HOSTNAME, pid=os.getpid(), kind=self.kind, concurrency=self.workers,
-            apps=",".join(APPS), queues=",".join(self.queues),
+            id=jobs.CONSUMER_ID,
+            host=settings.HOSTNAME,
+            pid=os.getpid(),
+            kind=self.kind,
+            concurrency=self.workers,
+            apps=",".join(APPS),
+            queues=",".join(self.queues),
         )
         huey.serve(self.queues or None)
         if self.queues:

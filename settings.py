@@ -138,7 +138,9 @@ def _timezone(raw):
 
 # The real environment wins over `.env`, so systemd units and tests stay in control;
 # the test suite reads no file at all (ENV_FILE=none), whatever the project's `.env` holds.
-ENV_FILE = _define("ENV_FILE", str(BASE_DIR / ".env"), "settings file read at start (the environment wins); none = no file")
+ENV_FILE = _define(
+    "ENV_FILE", str(BASE_DIR / ".env"), "settings file read at start (the environment wins); none = no file"
+)
 if ENV_FILE != "none":
     load_dotenv(ENV_FILE, override=False)
 
@@ -179,7 +181,9 @@ APPS = _define(
 )
 if isinstance(APPS, str):
     APPS = _list(APPS)
-FUNCTIONS_DIR = Path(_define("FUNCTIONS_DIR", "./functions", "folder whose *.py files are loaded as apps (your own functions)"))
+FUNCTIONS_DIR = Path(
+    _define("FUNCTIONS_DIR", "./functions", "folder whose *.py files are loaded as apps (your own functions)")
+)
 if not FUNCTIONS_DIR.is_absolute():
     FUNCTIONS_DIR = (Path.cwd() / FUNCTIONS_DIR).resolve()
 HOST = _define("HOST", "127.0.0.1", "address the web server listens on")
@@ -187,11 +191,19 @@ PORT = _define("PORT", 8000, "TCP port the web server listens on", _int(1, 65535
 SECRET_KEY = _define("SECRET_KEY", "", "signs session cookies; required (32+ characters) in production")
 MAX_BODY_BYTES = _define("MAX_BODY_BYTES", 1024 * 1024, "largest JSON body accepted (413 above)", _int(1024))
 HEADER_TIMEOUT = _define(
-    "HEADER_TIMEOUT", 30.0, "seconds a client gets to send its request line and headers (slow clients are cut off)", _float(0.1, 3600)
+    "HEADER_TIMEOUT",
+    30.0,
+    "seconds a client gets to send its request line and headers (slow clients are cut off)",
+    _float(0.1, 3600),
 )
-IDLE_TIMEOUT = _define("IDLE_TIMEOUT", 60.0, "seconds a kept-alive connection may stay idle before it is closed", _float(0.1, 3600))
+IDLE_TIMEOUT = _define(
+    "IDLE_TIMEOUT", 60.0, "seconds a kept-alive connection may stay idle before it is closed", _float(0.1, 3600)
+)
 MAX_CONNECTIONS = _define(
-    "MAX_CONNECTIONS", 1000, "most client connections served at once (kept below the open-file limit); more wait", _int(1, 1_000_000)
+    "MAX_CONNECTIONS",
+    1000,
+    "most client connections served at once (kept below the open-file limit); more wait",
+    _int(1, 1_000_000),
 )
 WEB_PROCESSES = _define(
     "WEB_PROCESSES",
@@ -202,7 +214,10 @@ WEB_PROCESSES = _define(
 UPLOAD_MAX_MB = _define("UPLOAD_MAX_MB", 10, "largest upload accepted, in MiB", _int(1, 1024))
 LOG_LEVEL = _define("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR (any case): litejobs' own log lines", _level)
 LIBRARY_LOG_LEVEL = _define(
-    "LIBRARY_LOG_LEVEL", "WARNING", "DEBUG, INFO, WARNING or ERROR: other libraries' log lines (fontTools, PIL…)", _level
+    "LIBRARY_LOG_LEVEL",
+    "WARNING",
+    "DEBUG, INFO, WARNING or ERROR: other libraries' log lines (fontTools, PIL…)",
+    _level,
 )
 TIMEZONE = _define("TIMEZONE", "UTC", "time zone that schedule crontabs are read in (IANA name)", _timezone)
 SESSION_HOURS = _define("SESSION_HOURS", 12.0, "hours a dashboard login lasts", _float(0.01, 24 * 366))
@@ -219,7 +234,10 @@ RATE_LIMIT_PER_KEY = _define(
     "RATE_LIMIT_PER_KEY", 120000, "API requests a minute one API key may make (429 above); 0 = no limit", _int(0, 10**8)
 )
 RATE_LIMIT_PER_IP = _define(
-    "RATE_LIMIT_PER_IP", 120000, "API requests a minute one client address may make (429 above); 0 = no limit", _int(0, 10**8)
+    "RATE_LIMIT_PER_IP",
+    120000,
+    "API requests a minute one client address may make (429 above); 0 = no limit",
+    _int(0, 10**8),
 )
 TRUSTED_PROXIES = _define(
     "TRUSTED_PROXIES",
@@ -228,14 +246,25 @@ TRUSTED_PROXIES = _define(
     _list,
 )
 TRUSTED_HOSTS = _define(
-    "TRUSTED_HOSTS", [], "Host names the web app answers, e.g. jobs.example.com,*.example.com (400 otherwise); empty = any", _list
+    "TRUSTED_HOSTS",
+    [],
+    "Host names the web app answers, e.g. jobs.example.com,*.example.com (400 otherwise); empty = any",
+    _list,
 )
 CORS_ORIGINS = _define(
-    "CORS_ORIGINS", [], "origins whose browser pages may call /api/v1, e.g. https://app.example.com; * = any; empty = none", _list
+    "CORS_ORIGINS",
+    [],
+    "origins whose browser pages may call /api/v1, e.g. https://app.example.com; * = any; empty = none",
+    _list,
 )
-METRICS_TOKEN = _define("METRICS_TOKEN", "", "bearer token that /metrics requires; empty: open (to loopback only when ENV=production)")
+METRICS_TOKEN = _define(
+    "METRICS_TOKEN", "", "bearer token that /metrics requires; empty: open (to loopback only when ENV=production)"
+)
 METRICS_PUBLIC = _define(
-    "METRICS_PUBLIC", False, "1: with ENV=production and no METRICS_TOKEN, /metrics answers any address, not only loopback", _bool
+    "METRICS_PUBLIC",
+    False,
+    "1: with ENV=production and no METRICS_TOKEN, /metrics answers any address, not only loopback",
+    _bool,
 )
 
 # -- The consumer ------------------------------------------------------------
@@ -253,7 +282,10 @@ SHUTDOWN_TIMEOUT = _define(
     "SHUTDOWN_TIMEOUT", 30.0, "seconds running jobs get to finish on a graceful stop", _float(0, 3600)
 )
 QUEUES = _define(
-    "QUEUES", [], "the queues this consumer serves, e.g. media,sync (priorities still order them); empty: every queue", _list
+    "QUEUES",
+    [],
+    "the queues this consumer serves, e.g. media,sync, or all but some: -media,-sync (priorities still order them); empty: every queue",
+    _list,
 )
 HEARTBEAT_INTERVAL = _define("HEARTBEAT_INTERVAL", 10.0, "seconds between consumer heartbeats", _float(0.1, 3600))
 HEARTBEAT_TIMEOUT = _define(
@@ -301,15 +333,23 @@ CONCURRENCY_LIMITS = _define(
     _pairs(_int(1, 100000)),
 )
 JOB_TIMEOUT = _define(
-    "JOB_TIMEOUT", 1800.0, "seconds a job may run when its function sets no timeout of its own; 0 = no limit", _float(0, 366 * 86400)
+    "JOB_TIMEOUT",
+    1800.0,
+    "seconds a job may run when its function sets no timeout of its own; 0 = no limit",
+    _float(0, 366 * 86400),
 )
 JOB_HISTORY_DAYS = _define("JOB_HISTORY_DAYS", 30, "days finished jobs stay in the history", _int(1, 3650))
 
 # -- Orders and the provider -------------------------------------------------
-PROVIDER_URL = _define("PROVIDER_URL", "", "order provider base URL; empty: the built-in sandbox", _url("http", "https"))
+PROVIDER_URL = _define(
+    "PROVIDER_URL", "", "order provider base URL; empty: the built-in sandbox", _url("http", "https")
+)
 PROVIDER_TOKEN = _define("PROVIDER_TOKEN", "sandbox-token", "token sent to the provider in the X-Provider-Token header")
 SANDBOX = _define(
-    "SANDBOX", False, "1: mount the built-in sandbox provider at /sandbox with ENV=production (always on in development)", _bool
+    "SANDBOX",
+    False,
+    "1: mount the built-in sandbox provider at /sandbox with ENV=production (always on in development)",
+    _bool,
 )
 PROVIDER_TIMEOUT = _define("PROVIDER_TIMEOUT", 10.0, "seconds to wait for the provider", _float(0.1, 300))
 PROVIDER_CONNECT_TIMEOUT = _define(
@@ -335,7 +375,10 @@ SANDBOX_FAILURE_RATE = _define(
 
 # -- Mail ------------------------------------------------------------------
 SMTP_URL = _define(
-    "SMTP_URL", "", "smtp://user:pass@host:port or smtps://…; empty: .eml files in DATA_DIR/outbox", _url("smtp", "smtps")
+    "SMTP_URL",
+    "",
+    "smtp://user:pass@host:port or smtps://…; empty: .eml files in DATA_DIR/outbox",
+    _url("smtp", "smtps"),
 )
 MAIL_FROM = _define("MAIL_FROM", "litejobs <noreply@localhost>", "From address of mails litejobs sends")
 BASE_URL = _define("BASE_URL", "", "public URL of the web app, used for links in mails; empty: http://HOST:PORT")
@@ -343,7 +386,10 @@ SMTP_TIMEOUT = _define("SMTP_TIMEOUT", 30.0, "seconds to wait for the SMTP serve
 
 # -- Schedules and analytics ---------------------------------------------------
 RUN_SCHEDULES = _define(
-    "RUN_SCHEDULES", True, "1: consumers start the periodic schedules' ticks; 0: they only run jobs (huey_consumer -n)", _bool
+    "RUN_SCHEDULES",
+    True,
+    "1: consumers start the periodic schedules' ticks; 0: they only run jobs (huey_consumer -n)",
+    _bool,
 )
 ENGAGEMENT_HALF_LIFE_DAYS = _define(
     "ENGAGEMENT_HALF_LIFE_DAYS", 7.0, "days after which a post's engagement score counts half", _float(0.01, 3650)
@@ -362,27 +408,44 @@ WEBHOOK_MAX_ATTEMPTS = _define(
 )
 
 # -- Knowledge (apps/knowledge) -------------------------------------------------
-INGEST_URL = _define("INGEST_URL", "", "ingest service base URL; empty: the built-in sandbox ingest", _url("http", "https"))
+INGEST_URL = _define(
+    "INGEST_URL", "", "ingest service base URL; empty: the built-in sandbox ingest", _url("http", "https")
+)
 INGEST_TOKEN = _define("INGEST_TOKEN", "sandbox-token", "token sent to the ingest service in the X-Ingest-Token header")
 INGEST_WEBHOOK_SECRET = _define(
-    "INGEST_WEBHOOK_SECRET", "", "secret the ingest service signs its change webhooks with; empty: derived from SECRET_KEY"
+    "INGEST_WEBHOOK_SECRET",
+    "",
+    "secret the ingest service signs its change webhooks with; empty: derived from SECRET_KEY",
 )
-QDRANT_URL = _define("QDRANT_URL", "", "Qdrant server for the vectors; empty: the embedded store in DATA_DIR", _url("http", "https"))
+QDRANT_URL = _define(
+    "QDRANT_URL", "", "Qdrant server for the vectors; empty: the embedded store in DATA_DIR", _url("http", "https")
+)
 QDRANT_API_KEY = _define("QDRANT_API_KEY", "", "API key for QDRANT_URL, if the server wants one")
-QDRANT_COLLECTION = _define("QDRANT_COLLECTION", "knowledge", "Qdrant collection (or embedded store table) of the chunks")
+QDRANT_COLLECTION = _define(
+    "QDRANT_COLLECTION", "knowledge", "Qdrant collection (or embedded store table) of the chunks"
+)
 EMBEDDINGS_URL = _define(
-    "EMBEDDINGS_URL", "", "OpenAI-compatible embeddings base URL (…/v1); empty: the sandbox embedder", _url("http", "https")
+    "EMBEDDINGS_URL",
+    "",
+    "OpenAI-compatible embeddings base URL (…/v1); empty: the sandbox embedder",
+    _url("http", "https"),
 )
 EMBEDDINGS_MODEL = _define("EMBEDDINGS_MODEL", "litejobs-hashed-words", "model name sent to EMBEDDINGS_URL")
 EMBEDDINGS_API_KEY = _define("EMBEDDINGS_API_KEY", "", "Bearer key sent to EMBEDDINGS_URL")
 USERS_SYSTEM_URL = _define(
-    "USERS_SYSTEM_URL", "", "where query results and notices are POSTed; empty: the sandbox receiver", _url("http", "https")
+    "USERS_SYSTEM_URL",
+    "",
+    "where query results and notices are POSTed; empty: the sandbox receiver",
+    _url("http", "https"),
 )
 USERS_SYSTEM_SECRET = _define(
     "USERS_SYSTEM_SECRET", "", "secret that signs what goes to USERS_SYSTEM_URL; empty: derived from SECRET_KEY"
 )
 TIER_LIMITS = _define(
-    "TIER_LIMITS", {"free": 50, "pro": 1000}, "knowledge queries a day per user tier, lowest tier first", _pairs(_int(0, 10**9))
+    "TIER_LIMITS",
+    {"free": 50, "pro": 1000},
+    "knowledge queries a day per user tier, lowest tier first",
+    _pairs(_int(0, 10**9)),
 )
 KNOWLEDGE_TIMEOUT = _define(
     "KNOWLEDGE_TIMEOUT", 10.0, "seconds to wait for the ingest service and the embeddings endpoint", _float(0.1, 300)
@@ -405,7 +468,9 @@ MEDIA_MEMORY_MB = _define(
     _int(16, 65536),
 )
 CERTIFICATE_FONT = _define(
-    "CERTIFICATE_FONT", "", "TrueType font file for certificate PDFs; empty: DejaVu Sans, Noto or Arial found on the system"
+    "CERTIFICATE_FONT",
+    "",
+    "TrueType font file for certificate PDFs; empty: DejaVu Sans, Noto or Arial found on the system",
 )
 POST_RETENTION_DAYS = _define(
     "POST_RETENTION_DAYS", 180, "posts older than this with no likes, comments or shares are removed", _int(1, 36500)

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from helpers import POSTGRES_URL, REDIS_URL, ROOT, base_env, wait_until
 from test_faults import start_consumer, statuses, stop
 
@@ -102,3 +104,13 @@ def test_a_call_put_on_another_queue_stays_there_through_the_schedule(tmp_path, 
     finally:
         assert stop(consumer) == 0
     assert (done.queue, done.consumer_id) == ("media", media_worker)
+
+
+def test_a_minus_leaves_a_queue_out_and_is_checked_like_any_name():
+    import consumer
+
+    everything_but = consumer.served_queues("-media, -sync")
+    assert set(everything_but) == jobs.known_queues() - {"media", "sync"}
+    assert consumer.served_queues("media,-sync") == ["media"] + sorted(jobs.known_queues() - {"media", "sync"})
+    with pytest.raises(SystemExit, match="unknown queue 'medai'"):
+        consumer.served_queues("-medai")
