@@ -16,6 +16,7 @@ logged once when it starts and once when it ends, not once per try.
 
 import logging
 import os
+import secrets
 import threading
 import time
 
@@ -101,24 +102,77 @@ database_outage = Outage("database")
 
 
 # -- Runs this process holds ------------------------------------------------------------
-class HeldRuns:
-    """The claims of the runs in this process, and the keeper thread renewing their leases.
+# A run that ends within CLAIM_AFTER seconds writes its claim and its outcome in one
+# statement (Job.mark_finished with claimed=False); a longer one gets its claim
+# written by the writer thread then, as every run once did at its start. Most jobs
+# are quick: one write instead of two, a third of a drained job's cost (bench/, issue 19).
+CLAIM_AFTER = 0.005
 
-    A forked process worker starts with none and its own keeper.
+
+def new_claim():
+    """A new claim token."""
+    return secrets.token_hex(8)
+
+
+class Run:
+    """One run in this process: its job, its claim token and whether that claim is in the database yet."""
+
+    def __init__(self, job_id, claim, start=None):
+        self.job_id, self.claim = job_id, claim
+        self.start = start  # writes the claim (Job.mark_running) while it is not written yet
+        self.written = start is None
+        self.lost = False  # its claim could not be written: canceled, or another run has the job
+        self.settling = False  # its outcome is on its way: no claim is written for it any more
+        self.wanted = False  # progress() waits for its claim
+        self.claiming = False
+        self.claimed = threading.Event()
+        self.thread = threading.current_thread()
+        self.since = time.monotonic()
+
+
+class _Write:
+    __slots__ = ("statement", "result", "error", "done")
+
+    def __init__(self, statement):
+        self.statement, self.result, self.error = statement, None, None
+        self.done = threading.Event()
+
+
+class HeldRuns:
+    """The claims of the runs in this process, the keeper thread renewing their leases,
+    and the writer thread committing their history.
+
+    The writer is a group commit: a worker hands it a statement (write()) and
+    waits; the writer runs every statement waiting, and the claims of runs past
+    CLAIM_AFTER, in one transaction, and wakes each worker with its own result
+    once that transaction committed. Nothing is acknowledged before it is
+    durable, and the workers no longer queue one by one for the write lock.
+    A forked process worker starts with no runs and threads of its own.
     """
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._runs = {}  # job id -> (claim token, thread running it)
-        self._keeper_pid = None
+        self._lock = threading.Condition()
+        self._runs = {}  # job id -> Run
+        self._writes = []
+        self._pid = None
 
-    def hold(self, job_id, claim):
+    def _start_threads(self):
+        if self._pid != os.getpid():
+            self._runs, self._writes = {}, []
+            self._pid = os.getpid()
+            threading.Thread(target=self._keep, name="LeaseKeeper", daemon=True).start()
+            threading.Thread(target=self._write_loop, name="HistoryWriter", daemon=True).start()
+
+    def hold(self, job_id, claim, start=None):
+        """Note a run of `job_id` under `claim`, written already or, with `start`
+        (a function writing it, returning whether it took the job), not yet."""
+        run = Run(job_id, claim, start)
         with self._lock:
-            if self._keeper_pid != os.getpid():
-                self._runs = {}
-                self._keeper_pid = os.getpid()
-                threading.Thread(target=self._keep, name="LeaseKeeper", daemon=True).start()
-            self._runs[job_id] = (claim, threading.current_thread())
+            self._start_threads()
+            if start is not None and not any(self._unclaimed(r) for r in self._runs.values()):
+                self._lock.notify_all()  # the writer times its next look from this run
+            self._runs[job_id] = run
+        return run
 
     def release(self, job_id):
         with self._lock:
@@ -127,23 +181,129 @@ class HeldRuns:
     def holds(self, job_id):
         return job_id in self._runs
 
+    def run_of(self, job_id):
+        return self._runs.get(job_id)
+
     def claim_of(self, job_id):
         run = self._runs.get(job_id)
-        return run[0] if run else None
+        return run.claim if run else None
 
     def claims(self):
-        """{job id: claim} of the runs whose thread is still alive."""
+        """{job id: claim} of the runs whose claim is written and whose thread is still alive."""
         with self._lock:
-            return {job_id: claim for job_id, (claim, thread) in self._runs.items() if thread.is_alive()}
+            return {job_id: run.claim for job_id, run in self._runs.items() if run.written and run.thread.is_alive()}
 
     def renew(self):
         """Extend the leases of the live runs; returns how many the database still had."""
         return Job.renew_leases(self.claims())
 
+    def claimed(self, job_id, timeout=None):
+        """Have the claim of run `job_id` written now if it is not yet; returns whether the run holds its job."""
+        run = self._runs.get(job_id)
+        if run is None or run.written:
+            return True
+        if not run.lost:
+            with self._lock:
+                run.wanted = True
+                self._lock.notify_all()
+            run.claimed.wait(settings.HEARTBEAT_TIMEOUT if timeout is None else timeout)
+        return run.written
+
+    def settle(self, run):
+        """The run's outcome goes next: the writer writes no claim for it from now on."""
+        with self._lock:
+            run.settling = True
+            claiming = run.claiming
+        if claiming:  # in the writer's hands right now: let it finish
+            run.claimed.wait(settings.HEARTBEAT_TIMEOUT)
+
+    def write(self, statement):
+        """Run `statement()` in the writer's next transaction; returns its result once committed, or raises its error."""
+        item = _Write(statement)
+        with self._lock:
+            self._start_threads()
+            self._writes.append(item)
+            self._lock.notify_all()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    @staticmethod
+    def _unclaimed(run):
+        """A run whose claim the writer is to write (once due): not written, not settling unless wanted."""
+        if run.written or run.lost or run.claiming or (run.settling and not run.wanted):
+            return False
+        return run.thread.is_alive()
+
+    def _due_claims(self):
+        now = time.monotonic()
+        due = [run for run in self._runs.values() if self._unclaimed(run) and (run.wanted or now - run.since >= CLAIM_AFTER)]
+        for run in due:
+            run.claiming = True
+        return due
+
+    def _write_loop(self):
+        pid = os.getpid()
+        while self._pid == pid:
+            with self._lock:
+                if not self._writes:
+                    unclaimed = [run.since for run in self._runs.values() if self._unclaimed(run)]
+                    wait = max(min(unclaimed) + CLAIM_AFTER - time.monotonic(), 0.0005) if unclaimed else None
+                    self._lock.wait(wait)
+                writes, self._writes = self._writes, []
+                claims = self._due_claims()
+            if writes or claims:
+                try:
+                    self._commit(claims, writes)
+                except Exception as exc:  # a bug must not end the writer: every worker would wait forever
+                    logger.exception("history writer failed")
+                    self._done(claims, writes, exc)
+
+    def _commit(self, claims, writes):
+        try:
+            with db.atomic():
+                taken = [run.start() for run in claims]
+                for item in writes:
+                    item.result = item.statement()
+        except PeeweeException as exc:
+            if len(claims) + len(writes) > 1 and not is_connection_error(exc):
+                # One statement failed: each again on its own, so only its worker hears of it.
+                for run in claims:
+                    self._commit([run], [])
+                for item in writes:
+                    self._commit([], [item])
+                return
+            if is_connection_error(exc):
+                reset_connection()
+                pause = database_outage.failed(exc)
+            self._done(claims, writes, exc)
+            if is_connection_error(exc):
+                time.sleep(pause)  # the workers retry on their own (write_while_held)
+            return
+        database_outage.ok()
+        with self._lock:
+            for run, claim in zip(claims, taken):
+                run.written, run.lost, run.claiming = bool(claim), not claim, False
+                run.claimed.set()
+        for item in writes:
+            item.done.set()
+
+    def _done(self, claims, writes, exc):
+        """Hand back a failed transaction: its claims are tried again, its writers get the error."""
+        with self._lock:
+            for run in claims:
+                run.claiming = False
+                if run.settling:  # its worker waits for this attempt to end (settle)
+                    run.claimed.set()
+        for item in writes:
+            item.error = exc
+            item.done.set()
+
     def _keep(self):
         pid = os.getpid()
         last = time.monotonic()
-        while self._keeper_pid == pid:
+        while self._pid == pid:
             # Naps of at most half a second, so a changed HEARTBEAT_INTERVAL takes effect at once.
             time.sleep(min(settings.HEARTBEAT_INTERVAL, 0.5))
             if not self._runs or time.monotonic() < last + settings.HEARTBEAT_INTERVAL:
@@ -185,3 +345,43 @@ def write_while_held(write, job_id, what="outcome"):
                 return None
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+
+# -- The running job -----------------------------------------------------------------
+current = threading.local()
+
+
+def current_job_id():
+    """The id of the job running in this worker, or None outside a job."""
+    return getattr(current, "job_id", None)
+
+
+def progress(done, total=None, message=None):
+    """Report progress of the running job; stops it when it was canceled or timed out.
+
+    Thread workers cannot be interrupted, so long jobs call this regularly: it
+    raises CancelExecution for a canceled job and TaskTimeout past its timeout.
+    """
+    job_id = current_job_id()
+    if job_id is None:
+        return
+    claim = getattr(current, "claim", None)
+    if not held.claimed(job_id):  # a run still under CLAIM_AFTER has its claim written first
+        raise ClaimLost(f"job {job_id}: another run took it over (or it was canceled); this run stops")
+
+    def write():
+        holds = Job.set_progress(job_id, done, total, message, claim=claim)
+        return holds, holds and Job.select(Job.cancel_requested).where(Job.id == job_id).scalar()
+
+    try:
+        holds, canceled = write()
+    except PeeweeException as exc:
+        if not is_connection_error(exc):
+            raise
+        reset_connection()  # one more try on a new connection
+        holds, canceled = write()
+    if not holds:
+        raise ClaimLost(f"job {job_id}: another run took it over (or it was canceled); this run stops")
+    if canceled:
+        raise CancelExecution("canceled while running", retry=False)
+    current.task.check_timeout()
