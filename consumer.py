@@ -123,7 +123,17 @@ def _log_to_stderr():
 
 
 class QueueWorker(huey_consumer.Worker):
-    """A worker that an in-process enqueue wakes at once instead of after its poll delay."""
+    """A worker that an in-process enqueue wakes at once instead of after its poll delay,
+    and that hands its jobs' outcomes to the history writer without waiting (job_history)."""
+
+    def initialize(self):
+        super().initialize()
+        runs.current.hands_off = True
+
+    def shutdown(self):
+        # Every outcome handed off is committed before the worker ends: a stop re-runs nothing.
+        runs.held.flush()
+        super().shutdown()
 
     def sleep(self):
         if self.delay > self.max_delay:

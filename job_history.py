@@ -96,7 +96,11 @@ def _record_running(message):
             # The claim goes in with the outcome, or after runs.CLAIM_AFTER (runs.HeldRuns).
             claim = runs.new_claim()
             start = lambda: Job.mark_running(message.id, worker, jobs.CONSUMER_ID, now=started, claim=claim)  # noqa: E731
-            _begin(message, runs.held.hold(message.id, claim, start), started, worker)
+            run = runs.held.hold(message.id, claim, start)
+            if run is None:
+                logger.warning("job %s (%s): running here already; duplicate message dropped", message.id, message.name)
+                raise CancelExecution("job running here", retry=False)
+            _begin(message, run, started, worker)
             return
     # A message can arrive between the push and the confirmation of its row
     # (submit): a few short pauses usually see it confirmed, then it is deferred.
@@ -198,35 +202,39 @@ def _record_outcome(message, value, exc):
     run = getattr(current, "run", None)
     worker = getattr(current, "worker", None)
     current.job_id = current.task = current.started_at = current.claim = current.run = current.worker = None
-    try:
-        if isinstance(exc, runs.ClaimLost):
-            logger.warning("job %s (%s): %s", message.id, message.name, exc)
-            return
-        if exc is not None and runs.is_connection_error(exc):
-            runs.reset_connection()
-        if run is not None:
-            runs.held.settle(run)
-        # Retried while the claim is held, so a short outage leaves no job running.
-        status = runs.write_while_held(lambda: _write_outcome(message, value, exc, started_at, run, worker), message.id)
-    finally:
-        runs.held.release(message.id)
-    if status is None:
+    if isinstance(exc, runs.ClaimLost):
+        logger.warning("job %s (%s): %s", message.id, message.name, exc)
+        runs.held.release(message.id, run)
         return
-    if not status[1]:
-        logger.warning("job %s (%s): outcome %s not recorded: the run lost its claim", message.id, message.name, status[0])
+    if exc is not None and runs.is_connection_error(exc):
+        runs.reset_connection()
+    if run is not None:
+        runs.held.settle(run)
+    status, outcome, error = _outcome(message, value, exc)
+    if status == "retrying" or run is None or run.lost or not getattr(current, "hands_off", False):
+        try:
+            # Retried while the claim is held, so a short outage leaves no job running.
+            written = runs.write_while_held(lambda: _write_outcome(message, run, status, outcome, started_at, worker), message.id)
+        finally:
+            runs.held.release(message.id, run)
+        _announce(message, status, error, started_at, written)
         return
-    try:
-        if status[0] in ("succeeded", "failed"):
-            hooks.job_finished.send(message.id, message.name, status[0])
-    except Exception:  # the outcome is recorded; a receiver's failure must not undo that
-        logger.exception("job %s: a job_finished receiver failed", message.id)
-    _log_finished(message, status[0], started_at, status[2])
+    # A consumer's worker takes its next job at once; the writer commits this outcome
+    # with others, then announces it (a crash before that leaves the job to run again).
+    def then(written, failure):
+        runs.held.release(message.id, run)
+        if failure is not None:
+            _log_unwritten(message, status, failure)
+        else:
+            _announce(message, status, error, started_at, written)
+
+    runs.held.write(_finish(message, run, status, outcome, started_at, worker), then=then)
 
 
-def _write_outcome(message, value, exc, started_at, run, worker):
-    """Write a run's outcome under its claim; returns (status, whether written, error)."""
+def _outcome(message, value, exc):
+    """(status, the fields to write, the error message) of a run that ended with `value` or `exc`."""
     if exc is None:
-        return "succeeded", _finish(message, run, "succeeded", started_at, worker, result=value), None
+        return "succeeded", {"result": value}, None
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, TaskTimeout):
         error = "timeout"
@@ -235,30 +243,64 @@ def _write_outcome(message, value, exc, started_at, run, worker):
     else:
         error = f"{type(exc).__name__}: {exc}"
     if message.retries and not (isinstance(exc, CancelExecution) and _cancel_requested(message.id)):
-        # A retry is counted on the change from `running`: a quick run's claim goes in first.
-        if run is None or run.lost or not runs.held.claimed(message.id):
-            return "retrying", 0, error
-        return "retrying", runs.held.write(lambda: Job.mark_retrying(message.id, error, trace, claim=run.claim)), error
+        return "retrying", {"error": error, "traceback": trace}, error
     if isinstance(exc, CancelExecution):
-        return "canceled", _finish(message, run, "canceled", started_at, worker, error=error), error
-    return "failed", _finish(message, run, "failed", started_at, worker, error=error, traceback=trace), error
+        return "canceled", {"error": error}, error
+    return "failed", {"error": error, "traceback": trace}, error
 
 
-def _finish(message, run, status, started_at, worker, **outcome):
-    """Write a terminal outcome through the writer thread, with the claim too when it is not written yet."""
-    if run is None:  # run outside the hooks' start (a test calling this directly): no claim to name
+def _write_outcome(message, run, status, outcome, started_at, worker):
+    """Write a run's outcome under its claim (and the claim with it while it is not written yet);
+    returns whether it was written. Runs in the writer thread, or waits for it."""
+    if run is None:  # no claim to name (the start hook did not run): the job, unless it finished
         return Job.mark_finished(message.id, status, started_at=started_at, **outcome)
     if run.lost:
         return 0
+    if status == "retrying":
+        # The metrics count a retry on the change from `running`: a quick run's claim goes in first.
+        if not runs.held.claimed(message.id):
+            return 0
+        return runs.held.write(lambda: Job.mark_retrying(message.id, claim=run.claim, **outcome))
+
+    return runs.held.write(_finish(message, run, status, outcome, started_at, worker))
+
+
+def _finish(message, run, status, outcome, started_at, worker):
+    """The statement writing a run's terminal outcome, for the writer thread."""
 
     def statement():
         claimed = run.written  # read in the writer, after any claim of this run committed
         return Job.mark_finished(
-            message.id, status, started_at=started_at, claim=run.claim, claimed=claimed,
-            worker=worker, consumer_id=jobs.CONSUMER_ID, **outcome,
+            message.id,
+            status,
+            started_at=started_at,
+            claim=run.claim,
+            claimed=claimed,
+            worker=worker,
+            consumer_id=jobs.CONSUMER_ID,
+            **outcome,
         )
 
-    return runs.held.write(statement)
+    return statement
+
+
+def _announce(message, status, error, started_at, written):
+    """Tell the apps and the log about an outcome once it is recorded."""
+    if written is None:  # write_while_held gave up and logged it
+        return
+    if not written:
+        logger.warning("job %s (%s): outcome %s not recorded: the run lost its claim", message.id, message.name, status)
+        return
+    try:
+        if status in ("succeeded", "failed"):
+            hooks.job_finished.send(message.id, message.name, status)
+    except Exception:  # the outcome is recorded; a receiver's failure must not undo that
+        logger.exception("job %s: a job_finished receiver failed", message.id)
+    _log_finished(message, status, started_at, error)
+
+
+def _log_unwritten(message, status, failure):
+    logger.error("job %s (%s): outcome %s not written (%s); it will run again", message.id, message.name, status, failure)
 
 
 @huey.post_execute()

@@ -131,52 +131,69 @@ class Run:
 
 
 class _Write:
-    __slots__ = ("statement", "result", "error", "done")
+    """One statement for the writer; `then(result, error)` after its transaction ended, or a waiting worker."""
 
-    def __init__(self, statement):
-        self.statement, self.result, self.error = statement, None, None
-        self.done = threading.Event()
+    __slots__ = ("statement", "then", "deadline", "result", "error", "done")
+
+    def __init__(self, statement, then=None):
+        self.statement, self.then, self.result, self.error = statement, then, None, None
+        self.deadline = time.monotonic() + settings.HEARTBEAT_TIMEOUT
+        self.done = None if then else threading.Event()
+
+
+MAX_HANDED_OFF = 256  # outcomes waiting for the writer before a worker waits too: what a crash makes run again
 
 
 class HeldRuns:
     """The claims of the runs in this process, the keeper thread renewing their leases,
     and the writer thread committing their history.
 
-    The writer is a group commit: a worker hands it a statement (write()) and
-    waits; the writer runs every statement waiting, and the claims of runs past
-    CLAIM_AFTER, in one transaction, and wakes each worker with its own result
-    once that transaction committed. Nothing is acknowledged before it is
-    durable, and the workers no longer queue one by one for the write lock.
-    A forked process worker starts with no runs and threads of its own.
+    The writer is a group commit: it runs every statement handed to it since
+    its last transaction, and the claims of runs past CLAIM_AFTER, in one
+    transaction. A worker of a consumer hands over a finished run's outcome
+    with what to do once it is committed (announce it, release the run) and
+    takes its next job at once; other callers wait for the commit. Nothing is
+    announced before it is durable: a consumer killed meanwhile leaves those
+    jobs waiting, and requeue_lost() runs them again. A forked process worker
+    starts with no runs and threads of its own.
     """
 
     def __init__(self):
         self._lock = threading.Condition()
         self._runs = {}  # job id -> Run
+        self._unwritten = set()  # the runs whose claim is neither written nor refused yet
         self._writes = []
+        self._handed_off = 0  # writes with a `then`, not yet through
         self._pid = None
 
     def _start_threads(self):
         if self._pid != os.getpid():
-            self._runs, self._writes = {}, []
+            self._runs, self._unwritten, self._writes, self._handed_off = {}, set(), [], 0
             self._pid = os.getpid()
             threading.Thread(target=self._keep, name="LeaseKeeper", daemon=True).start()
             threading.Thread(target=self._write_loop, name="HistoryWriter", daemon=True).start()
 
     def hold(self, job_id, claim, start=None):
         """Note a run of `job_id` under `claim`, written already or, with `start`
-        (a function writing it, returning whether it took the job), not yet."""
+        (a function writing it, returning whether it took the job), not yet;
+        then None if this process holds a run of that job already."""
         run = Run(job_id, claim, start)
         with self._lock:
             self._start_threads()
-            if start is not None and not any(self._unclaimed(r) for r in self._runs.values()):
-                self._lock.notify_all()  # the writer times its next look from this run
+            if start is not None:
+                if job_id in self._runs:
+                    return None
+                if not any(self._unclaimed(r) for r in self._unwritten):
+                    self._lock.notify_all()  # the writer times its next look from this run
+                self._unwritten.add(run)
             self._runs[job_id] = run
         return run
 
-    def release(self, job_id):
+    def release(self, job_id, run=None):
+        """Forget the run of `job_id` (only if it is `run`, when given)."""
         with self._lock:
-            self._runs.pop(job_id, None)
+            if run is None or self._runs.get(job_id) is run:
+                self._unwritten.discard(self._runs.pop(job_id, None))
 
     def holds(self, job_id):
         return job_id in self._runs
@@ -205,6 +222,8 @@ class HeldRuns:
         if not run.lost:
             with self._lock:
                 run.wanted = True
+                if not (run.written or run.lost):
+                    self._unwritten.add(run)
                 self._lock.notify_all()
             run.claimed.wait(settings.HEARTBEAT_TIMEOUT if timeout is None else timeout)
         return run.written
@@ -214,20 +233,45 @@ class HeldRuns:
         with self._lock:
             run.settling = True
             claiming = run.claiming
+            self._unwritten.discard(run)  # its claim goes in with its outcome now
         if claiming:  # in the writer's hands right now: let it finish
             run.claimed.wait(settings.HEARTBEAT_TIMEOUT)
 
-    def write(self, statement):
-        """Run `statement()` in the writer's next transaction; returns its result once committed, or raises its error."""
-        item = _Write(statement)
+    def write(self, statement, then=None):
+        """Run `statement()` in the writer's next transaction.
+
+        Without `then`: returns its result once committed, or raises its error.
+        With it: returns at once, and the writer calls `then(result, error)`
+        once the statement committed (error None) or failed; connection errors
+        are retried for HEARTBEAT_TIMEOUT first. Only MAX_HANDED_OFF such
+        writes wait at a time: beyond that the caller waits for room.
+        """
+        item = _Write(statement, then)
         with self._lock:
             self._start_threads()
+            if then is not None:
+                while self._handed_off >= MAX_HANDED_OFF:
+                    self._lock.wait(0.1)
+                self._handed_off += 1
             self._writes.append(item)
-            self._lock.notify_all()
+            if len(self._writes) == 1:  # the writer may be asleep
+                self._lock.notify_all()
+        if then is not None:
+            return None
         item.done.wait()
         if item.error is not None:
             raise item.error
         return item.result
+
+    def flush(self, timeout=None):
+        """Wait until every write handed to the writer in this process went through; False if time ran out."""
+        deadline = time.monotonic() + (settings.HEARTBEAT_TIMEOUT * 2 if timeout is None else timeout)
+        with self._lock:
+            while (self._handed_off or self._writes) and self._pid == os.getpid():
+                if time.monotonic() >= deadline:
+                    return False
+                self._lock.wait(0.05)
+        return True
 
     @staticmethod
     def _unclaimed(run):
@@ -238,7 +282,7 @@ class HeldRuns:
 
     def _due_claims(self):
         now = time.monotonic()
-        due = [run for run in self._runs.values() if self._unclaimed(run) and (run.wanted or now - run.since >= CLAIM_AFTER)]
+        due = [r for r in self._unwritten if self._unclaimed(r) and (r.wanted or now - r.since >= CLAIM_AFTER)]
         for run in due:
             run.claiming = True
         return due
@@ -248,7 +292,7 @@ class HeldRuns:
         while self._pid == pid:
             with self._lock:
                 if not self._writes:
-                    unclaimed = [run.since for run in self._runs.values() if self._unclaimed(run)]
+                    unclaimed = [run.since for run in self._unwritten if self._unclaimed(run)]
                     wait = max(min(unclaimed) + CLAIM_AFTER - time.monotonic(), 0.0005) if unclaimed else None
                     self._lock.wait(wait)
                 writes, self._writes = self._writes, []
@@ -258,47 +302,70 @@ class HeldRuns:
                     self._commit(claims, writes)
                 except Exception as exc:  # a bug must not end the writer: every worker would wait forever
                     logger.exception("history writer failed")
-                    self._done(claims, writes, exc)
+                    self._failed(claims, writes, exc)
 
     def _commit(self, claims, writes):
+        """One transaction for `claims` and `writes`; on a failure, each statement learns of its own."""
         try:
             with db.atomic():
                 taken = [run.start() for run in claims]
                 for item in writes:
                     item.result = item.statement()
         except PeeweeException as exc:
-            if len(claims) + len(writes) > 1 and not is_connection_error(exc):
-                # One statement failed: each again on its own, so only its worker hears of it.
+            if is_connection_error(exc):
+                reset_connection()
+                pause = database_outage.failed(exc)
+                self._failed(claims, writes, exc, retry=True)
+                time.sleep(pause)  # waiting workers retry on their own (write_while_held)
+            elif len(claims) + len(writes) > 1:
+                # One statement failed: each again on its own, so only its own caller hears of it.
                 for run in claims:
                     self._commit([run], [])
                 for item in writes:
                     self._commit([], [item])
-                return
-            if is_connection_error(exc):
-                reset_connection()
-                pause = database_outage.failed(exc)
-            self._done(claims, writes, exc)
-            if is_connection_error(exc):
-                time.sleep(pause)  # the workers retry on their own (write_while_held)
+            else:
+                self._failed(claims, writes, exc)
             return
         database_outage.ok()
         with self._lock:
             for run, claim in zip(claims, taken):
                 run.written, run.lost, run.claiming = bool(claim), not claim, False
+                self._unwritten.discard(run)
                 run.claimed.set()
-        for item in writes:
-            item.done.set()
+        self._through(writes)
 
-    def _done(self, claims, writes, exc):
-        """Hand back a failed transaction: its claims are tried again, its writers get the error."""
+    def _failed(self, claims, writes, exc, retry=False):
+        """A failed transaction: its claims are tried again, its writes get the error (or, handed
+        off and with `retry`, another try until their deadline)."""
         with self._lock:
             for run in claims:
                 run.claiming = False
                 if run.settling:  # its worker waits for this attempt to end (settle)
                     run.claimed.set()
+            if retry:
+                again = [item for item in writes if item.then and time.monotonic() < item.deadline]
+                self._writes[:0] = again
+                writes = [item for item in writes if item not in again]
         for item in writes:
             item.error = exc
-            item.done.set()
+        self._through(writes)
+
+    def _through(self, writes):
+        """Wake the callers waiting for `writes`, or call their `then`."""
+        handed_off = 0
+        for item in writes:
+            if item.then is None:
+                item.done.set()
+                continue
+            handed_off += 1
+            try:
+                item.then(item.result, item.error)
+            except Exception:  # a bug in one must not keep the others from their turn
+                logger.exception("after a history write")
+        if handed_off:
+            with self._lock:
+                self._handed_off -= handed_off
+                self._lock.notify_all()
 
     def _keep(self):
         pid = os.getpid()
