@@ -141,6 +141,7 @@ class _Write:
         self.done = None if then else threading.Event()
 
 
+WRITER_BUSY = 0.1  # seconds the writer keeps looking every CLAIM_AFTER after its last write, before it sleeps
 MAX_HANDED_OFF = 256  # outcomes waiting for the writer before a worker waits too: what a crash makes run again
 
 
@@ -164,6 +165,8 @@ class HeldRuns:
         self._unwritten = set()  # the runs whose claim is neither written nor refused yet
         self._writes = []
         self._handed_off = 0  # writes with a `then`, not yet through
+        self._idle = False  # the writer sleeps until called
+        self._busy_until = 0.0
         self._pid = None
 
     def _start_threads(self):
@@ -183,9 +186,9 @@ class HeldRuns:
             if start is not None:
                 if job_id in self._runs:
                     return None
-                if not any(self._unclaimed(r) for r in self._unwritten):
-                    self._lock.notify_all()  # the writer times its next look from this run
                 self._unwritten.add(run)
+                if self._idle:
+                    self._lock.notify_all()  # the writer times its next look from this run
             self._runs[job_id] = run
         return run
 
@@ -254,7 +257,9 @@ class HeldRuns:
                     self._lock.wait(0.1)
                 self._handed_off += 1
             self._writes.append(item)
-            if len(self._writes) == 1:  # the writer may be asleep
+            # A busy writer takes handed-off writes at its next look, a few ms away:
+            # no wake-up per job, and bigger transactions.
+            if then is None or self._idle:
                 self._lock.notify_all()
         if then is not None:
             return None
@@ -292,11 +297,19 @@ class HeldRuns:
         while self._pid == pid:
             with self._lock:
                 if not self._writes:
+                    now = time.monotonic()
                     unclaimed = [run.since for run in self._unwritten if self._unclaimed(run)]
-                    wait = max(min(unclaimed) + CLAIM_AFTER - time.monotonic(), 0.0005) if unclaimed else None
-                    self._lock.wait(wait)
+                    if unclaimed or self._handed_off or now < self._busy_until:
+                        wait = min(unclaimed) + CLAIM_AFTER - now if unclaimed else CLAIM_AFTER
+                        self._lock.wait(min(max(wait, 0.0005), CLAIM_AFTER))
+                    else:  # nothing to do for a while: sleep until someone calls
+                        self._idle = True
+                        self._lock.wait()
+                        self._idle = False
                 writes, self._writes = self._writes, []
                 claims = self._due_claims()
+                if writes or claims:
+                    self._busy_until = time.monotonic() + WRITER_BUSY
             if writes or claims:
                 try:
                     self._commit(claims, writes)
