@@ -1,4 +1,4 @@
-"""litejobs runs: the claims, leases and connections of the jobs a process runs.
+"""litejobs runs: the claims, leases, history writes and connections of the jobs a process runs.
 
 A run holds its job by a claim (models.Job.mark_running): a token that every
 later write of the run names, and a lease by the database's clock that a
@@ -6,12 +6,18 @@ keeper thread renews every HEARTBEAT_INTERVAL while the run goes on. A lease
 that lapses — the process froze or died, the thread that ran the job is gone,
 the outcome could not be written — lets the reaper (consumer.reap) or a second
 message take the job over; the old run then finds its claim gone at its next
-`progress()` and writes nothing more.
+`progress()` and writes nothing more. A run quicker than CLAIM_AFTER writes
+its claim together with its outcome, one statement instead of two.
+
+The history writer (HeldRuns.write) commits the writes of every run of the
+process together: a group commit, many runs to a transaction.
 
 Connections heal themselves here too: a database connection that failed
 (PostgreSQL restarted or cut it, SQLite hit a full disk) is dropped and a new
 one is opened on the next use, and an outage of the queue or the database is
 logged once when it starts and once when it ends, not once per try.
+
+The running job's id and progress() live here too; jobs.py re-exports them.
 """
 
 import logging
@@ -324,7 +330,7 @@ class HeldRuns:
                 taken = [run.start() for run in claims]
                 for item in writes:
                     item.result = item.statement()
-        except PeeweeException as exc:
+        except Exception as exc:  # any statement's error, a driver's or a bug's: see whose it is
             if is_connection_error(exc):
                 reset_connection()
                 pause = database_outage.failed(exc)
