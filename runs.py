@@ -147,7 +147,8 @@ class _Write:
         self.done = None if then else threading.Event()
 
 
-WRITER_BUSY = 0.1  # seconds the writer keeps looking every CLAIM_AFTER after its last write, before it sleeps
+WRITER_TICK = 0.005  # seconds between the busy writer's looks for handed-off writes and due claims
+WRITER_BUSY = 0.1  # seconds the writer keeps looking after its last write, before it sleeps until called
 MAX_HANDED_OFF = 256  # outcomes waiting for the writer before a worker waits too: what a crash makes run again
 
 
@@ -306,10 +307,11 @@ class HeldRuns:
                     now = time.monotonic()
                     unclaimed = [run.since for run in self._unwritten if self._unclaimed(run)]
                     if unclaimed or self._handed_off or now < self._busy_until:
-                        wait = min(unclaimed) + CLAIM_AFTER - now if unclaimed else CLAIM_AFTER
-                        self._lock.wait(min(max(wait, 0.0005), CLAIM_AFTER))
+                        wait = min(unclaimed) + CLAIM_AFTER - now if unclaimed else WRITER_TICK
+                        self._lock.wait(min(max(wait, 0.0005), WRITER_TICK))
                     else:  # nothing to do for a while: sleep until someone calls
                         self._idle = True
+                        self._close_connection()
                         self._lock.wait()
                         self._idle = False
                 writes, self._writes = self._writes, []
@@ -322,6 +324,17 @@ class HeldRuns:
                 except Exception as exc:  # a bug must not end the writer: every worker would wait forever
                     logger.exception("history writer failed")
                     self._failed(claims, writes, exc)
+
+    @staticmethod
+    def _close_connection():
+        """Hand the writer's connection back while it sleeps (a PostgreSQL pool gets it back)."""
+        try:
+            if not db.is_closed() and not db.in_transaction():
+                db.close()
+        except Exception:  # a connection that cannot even close: forget it, the next use opens a new one
+            state = getattr(db.obj, "_state", None)
+            if state is not None:
+                state.reset()
 
     def _commit(self, claims, writes):
         """One transaction for `claims` and `writes`; on a failure, each statement learns of its own."""
