@@ -6,10 +6,12 @@ quick run writes both at once: its claim stays in memory for the first
 runs.CLAIM_AFTER seconds and goes into the database with its outcome, in one
 statement; a longer run (or one that reports progress) has it written then.
 Outcomes go through the process's writer thread (runs.HeldRuns.write), which
-commits many runs' writes in one transaction, and a worker moves on only once
-its outcome is committed. A consumer killed before that leaves the job
-waiting with no message: requeue_lost() (consumer.py) runs it again, so each
-job ends recorded exactly once and runs at least once.
+commits many runs' writes in one transaction. A consumer's worker hands its
+outcome over and takes its next job; the writer announces it (job_finished,
+the log line) once it is committed. Other callers of huey.execute (a script,
+a test) wait for the commit. A consumer killed before the commit leaves the
+job waiting with no message: requeue_lost() (consumer.py) runs it again, so
+each job ends recorded exactly once and runs at least once.
 
 jobs.py imports this module by name at its end; it imports jobs.
 """
@@ -252,16 +254,17 @@ def _outcome(message, value, exc):
 def _write_outcome(message, run, status, outcome, started_at, worker):
     """Write a run's outcome under its claim (and the claim with it while it is not written yet);
     returns whether it was written. Runs in the writer thread, or waits for it."""
-    if run is None:  # no claim to name (the start hook did not run): the job, unless it finished
+    if status == "retrying":
+        if run is None:  # no claim to name (the start hook did not run): the job, unless it finished
+            return Job.mark_retrying(message.id, **outcome)
+        # The metrics count a retry on the change from `running`: a quick run's claim goes in first.
+        if run.lost or not runs.held.claimed(message.id):
+            return 0
+        return runs.held.write(lambda: Job.mark_retrying(message.id, claim=run.claim, **outcome))
+    if run is None:
         return Job.mark_finished(message.id, status, started_at=started_at, **outcome)
     if run.lost:
         return 0
-    if status == "retrying":
-        # The metrics count a retry on the change from `running`: a quick run's claim goes in first.
-        if not runs.held.claimed(message.id):
-            return 0
-        return runs.held.write(lambda: Job.mark_retrying(message.id, claim=run.claim, **outcome))
-
     return runs.held.write(_finish(message, run, status, outcome, started_at, worker))
 
 

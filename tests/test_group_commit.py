@@ -108,3 +108,20 @@ def test_outcomes_committed_together_are_each_counted_once():
     counted = JobCount.get((JobCount.function == "record_run") & (JobCount.status == "succeeded"))
     assert counted.count == 200
     assert {row.attempts for row in Job.select().where(Job.id.in_(ids))} == {1}
+
+
+def test_a_quick_run_that_fails_is_recorded_retrying_and_counted_once(monkeypatch):
+    monkeypatch.setattr(runs, "CLAIM_AFTER", 60.0)  # ends long before its claim would be written
+    job = jobs.submit("probe", {"n": 1})[0]
+    message = jobs.huey.dequeue()
+
+    def fail_at_once():
+        raise RuntimeError("provider down")
+
+    monkeypatch.setattr(message, "execute", fail_at_once)
+    jobs.huey.execute(message)
+    row = Job.get_by_id(job.id)
+    assert (row.status, row.attempts, row.error) == ("retrying", 1, "RuntimeError: provider down")
+    counted = JobCount.get((JobCount.function == "probe") & (JobCount.status == "retried"))
+    assert counted.count == 1
+    assert not runs.held.holds(job.id)
