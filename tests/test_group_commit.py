@@ -125,3 +125,23 @@ def test_a_quick_run_that_fails_is_recorded_retrying_and_counted_once(monkeypatc
     counted = JobCount.get((JobCount.function == "probe") & (JobCount.status == "retried"))
     assert counted.count == 1
     assert not runs.held.holds(job.id)
+
+
+def test_quick_runs_on_postgresql_are_written_once_each(postgres_database):
+    job = jobs.enqueue("ping")
+    jobs.huey.execute(jobs.huey.dequeue())
+    row = Job.get_by_id(job.id)
+    assert (row.status, row.attempts, row.lease_until) == ("succeeded", 1, None)
+    ids = jobs.submit_many("record_run", [{"n": n, "seconds": 0} for n in range(100)])
+    consumer = RunningConsumer(workers=4)
+    try:
+        wait_until(
+            lambda: Job.select().where(Job.id.in_(ids) & (Job.status == "succeeded")).count() == 100,
+            timeout=30,
+            message="100 succeeded",
+        )
+    finally:
+        consumer.stop()
+    counted = JobCount.get((JobCount.function == "record_run") & (JobCount.status == "succeeded"))
+    assert counted.count == 100
+    assert {row.attempts for row in Job.select().where(Job.id.in_(ids))} == {1}
