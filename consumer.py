@@ -136,7 +136,8 @@ def _log_to_stderr():
 
 
 class QueueWorker(huey_consumer.Worker):
-    """A worker that an in-process enqueue, or a wake-up datagram, wakes at once instead of after its poll delay."""
+    """A worker that an in-process enqueue, or a wake-up datagram, wakes at once instead of after
+    its poll delay, and that hands its jobs' outcomes to the history writer without waiting (job_history)."""
 
     listens = False  # a worker process (-k process) of a SQLite queue: it listens for wake-up datagrams itself
     listener = None
@@ -147,9 +148,12 @@ class QueueWorker(huey_consumer.Worker):
             if self.listener is not None:  # its polls are now the fallback, as the watcher is for threads
                 self.max_delay = max(self.max_delay, settings.QUEUE_WATCH_INTERVAL)
         super().initialize()
+        runs.current.hands_off = True
 
     def shutdown(self):
         try:
+            # Every outcome handed off is committed before the worker ends: a stop re-runs nothing.
+            runs.held.flush()
             super().shutdown()
         finally:
             if self.listener is not None:

@@ -17,16 +17,13 @@ import os
 import sys
 import threading
 import time
-import traceback
-import types
 import typing
 import uuid
 
 from huey import Huey, signals
 from huey.api import Task
 from huey.registry import Registry
-from huey.exceptions import CancelExecution, TaskTimeout
-from peewee import IntegrityError, PeeweeException, SqliteDatabase
+from peewee import IntegrityError, PeeweeException
 
 import disk
 import hooks
@@ -36,7 +33,9 @@ import runs
 import guard
 import settings
 import wakeup
-from models import TERMINAL, WAITING, Job, utcnow
+from params import ArgumentError, Param  # noqa: F401 re-exported: apps import ArgumentError from here
+from runs import current_job_id, progress  # noqa: F401 re-exported: tasks import them from here
+from models import Job, utcnow
 from models import ScheduleRun, User, bulk_insert, checkpoint, db, isoformat
 
 logger = logging.getLogger("litejobs.jobs")
@@ -44,14 +43,6 @@ logger = logging.getLogger("litejobs.jobs")
 
 class JobError(Exception):
     """Raise to fail a job at once with exactly this message, without retries: its input is wrong."""
-
-
-class ArgumentError(ValueError):
-    """Arguments that do not fit a function; `field` names the culprit."""
-
-    def __init__(self, field, message):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class Conflict(Exception):
@@ -239,62 +230,7 @@ def check_queue():
 
 
 # -- Functions: tasks with a signature the API can validate ---------------------
-_TYPES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
 _HUEY_OPTIONS = {"id", "eta", "delay", "retries", "retry_delay", "retry_backoff", "priority", "expires", "timeout"}
-
-
-class Param:
-    """One argument of a function: its name, JSON type, default and range."""
-
-    def __init__(self, name, annotation, default, bounds):
-        self.name = name
-        self.required = default is inspect.Parameter.empty
-        self.default = None if self.required else default
-        self.nullable = default is None
-        args = typing.get_args(annotation)
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-            self.nullable = self.nullable or type(None) in args
-            annotation = next((a for a in args if a is not type(None)), typing.Any)
-        annotation = typing.get_origin(annotation) or annotation
-        self.type = _TYPES.get(annotation, "any")
-        self.bounds = bounds
-
-    def to_dict(self):
-        spec = {"name": self.name, "type": self.type, "required": self.required}
-        if not self.required:
-            spec["default"] = self.default
-        if self.bounds:
-            spec["minimum"], spec["maximum"] = self.bounds
-        return spec
-
-    def check(self, value):
-        """The value to pass on, or ArgumentError."""
-        if value is None and self.nullable:
-            return None
-        ok = {
-            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            "str": lambda v: isinstance(v, str),
-            "bool": lambda v: isinstance(v, bool),
-            "list": lambda v: isinstance(v, list),
-            "dict": lambda v: isinstance(v, dict),
-            "any": lambda v: True,
-        }[self.type]
-        if not ok(value):
-            shown = repr(value) if isinstance(value, str) else json.dumps(value)
-            raise ArgumentError(self.name, f"expected {self.type}, got {shown}")
-        if self.type == "float":
-            value = float(value)
-        # NaN passes every range check and stalls time.sleep under gevent: no argument may hold one.
-        where = guard.nonfinite_path(value, self.name)
-        if where is not None:
-            inside = "" if where == self.name else f" at {where}"
-            raise ArgumentError(self.name, f"not a finite number{inside} (NaN and Infinity are refused)")
-        if self.bounds:
-            low, high = self.bounds
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise ArgumentError(self.name, f"must be from {low} to {high}, got {value}")
-        return value
 
 
 class Function:
@@ -609,264 +545,14 @@ def wait(job_id, timeout):
         pause = min(pause * 1.5, 0.05)
 
 
-# -- Keeping the history in step with huey ---------------------------------------
-_current = threading.local()
-
-
-def current_job_id():
-    """The id of the job running in this worker, or None outside a job."""
-    return getattr(_current, "job_id", None)
-
-
-def progress(done, total=None, message=None):
-    """Report progress of the running job; stops it when it was canceled or timed out.
-
-    Thread workers cannot be interrupted, so long jobs call this regularly: it
-    raises CancelExecution for a canceled job and TaskTimeout past its timeout.
-    """
-    job_id = current_job_id()
-    if job_id is None:
-        return
-    claim = getattr(_current, "claim", None)
-
-    def write():
-        held = Job.set_progress(job_id, done, total, message, claim=claim)
-        return held, held and Job.select(Job.cancel_requested).where(Job.id == job_id).scalar()
-
-    try:
-        held, canceled = write()
-    except PeeweeException as exc:
-        if not runs.is_connection_error(exc):
-            raise
-        runs.reset_connection()  # one more try on a new connection
-        held, canceled = write()
-    if not held:
-        raise runs.ClaimLost(f"job {job_id}: another run took it over (or it was canceled); this run stops")
-    if canceled:
-        raise CancelExecution("canceled while running", retry=False)
-    _current.task.check_timeout()
+# -- The running job ----------------------------------------------------------------
+# current_job_id() and progress() live with the run's claim in runs.py; the hooks that
+# keep the job history in step with huey are in job_history.py, imported at the end.
 
 
 def fail_now(message):
     """Fail the running job with `message` and no retries: its input is wrong, not the moment."""
     raise JobError(message)
-
-
-@huey.signal(signals.SIGNAL_ERROR)
-def _no_retries_for_job_error(signal_name, message, exc):
-    """A JobError fails its job at once; any other exception is retried as the function says."""
-    if isinstance(exc, JobError):
-        message.retries = 0  # huey reads this right after its error signal
-
-
-def _worker_name():
-    return f"{settings.HOSTNAME}:{os.getpid()}:{threading.current_thread().name}"
-
-
-@huey.signal(signals.SIGNAL_ENQUEUED)
-def _record_enqueued(signal_name, message):
-    """Record calls that did not come through submit(): periodic ticks, plain task() calls.
-
-    Written `pending` before the push; LitejobsHuey.enqueue confirms it after."""
-    if getattr(message, "recorded", False):
-        return
-    Job.insert(
-        id=message.id,
-        name=message.name,
-        args=guard.dumps(message.kwargs, default=str),
-        status="pending",
-        queue=queue_of(message),
-        priority=message.priority or 0,
-    ).on_conflict_ignore().execute()
-
-
-@huey.signal(signals.SIGNAL_SCHEDULED)
-def _record_scheduled(signal_name, message):
-    Job.update(scheduled_for=message.eta).where(Job.id == message.id).execute()
-
-
-def _limits_of(message):
-    function = FUNCTIONS.get(message.name)
-    return function.limits if function else []
-
-
-@huey.pre_execute()
-def _record_running(message):
-    """Claim the job for this run, or do not run it (huey runs the task unless this raises CancelExecution)."""
-    limits = _limits_of(message)
-    # A message can arrive between the push and the confirmation of its row
-    # (submit): a few short pauses usually see it confirmed, then it is deferred.
-    for pause in CLAIM_PAUSES:
-        started = utcnow()
-        try:
-            claim = Job.mark_running(message.id, _worker_name(), CONSUMER_ID, now=started, limits=limits)
-            row = None if claim else Job.select(Job.status).where(Job.id == message.id).first()
-        except Exception as exc:  # huey would log any other exception and run the job unclaimed
-            if runs.is_connection_error(exc):
-                runs.reset_connection()
-            # A pause growing to a few seconds: workers do not spin through the queue while the database is away.
-            time.sleep(runs.database_outage.failed(exc))
-            _defer(message)
-            raise CancelExecution(f"could not record the start: {exc}; the message goes back", retry=False) from None
-        runs.database_outage.ok()
-        if claim or row is None or not (row.status == "pending" or (row.status in WAITING and not limits)):
-            break
-        time.sleep(pause)
-    if claim is None:
-        _not_claimed(message, row, limits)
-    runs.held.hold(message.id, claim)
-    _current.job_id = message.id
-    _current.task = message
-    _current.claim = claim
-    # Kept for _record_outcome, which then needs no read of the row for the duration.
-    _current.started_at = started
-
-
-def _not_claimed(message, row, limits):
-    """A message whose job cannot be claimed: wait for a slot, come back later, or drop it (raises)."""
-    if row is None:
-        # Its enqueue was answered with an error (the row was removed), or it was never recorded.
-        logger.warning("job %s (%s): no such job; message dropped", message.id, message.name)
-        raise CancelExecution("no job row", retry=False)
-    if row.status == "pending" or (row.status in WAITING and not limits):
-        _defer(message)  # the enqueue that pushed it has not confirmed it yet
-        raise CancelExecution("job not confirmed yet", retry=False)
-    if row.status in TERMINAL:
-        # Canceled (or otherwise finished) between dequeue and now: do not run it.
-        raise CancelExecution("job already finished", retry=False)
-    if row.status == "running":
-        logger.warning("job %s (%s): running under a live claim; duplicate message dropped", message.id, message.name)
-        raise CancelExecution("job running elsewhere", retry=False)
-    if limits:
-        _wait_for_slot(message, limits)
-    raise CancelExecution(f"job is {row.status} and could not be claimed", retry=False)
-
-
-class _QuietClaims(logging.Filter):
-    """Drops huey's warning for each message _record_running declines: a deferred
-    message is routine, and the other cases log a line of their own."""
-
-    def filter(self, record):
-        return "cancelled by _record_running" not in record.getMessage()
-
-
-logging.getLogger("huey").addFilter(_QuietClaims())
-
-DEFER_SECONDS = 1.0
-CLAIM_PAUSES = (0.002, 0.01, 0.05, 0)  # seconds between tries of a claim that waits on its enqueue
-
-
-def _defer(message):
-    """Put a message back for later, through the schedule; if that fails as well,
-    the reaper's requeue_lost() enqueues its job again."""
-    message.recorded = True
-    message.eta = utcnow() + datetime.timedelta(seconds=DEFER_SECONDS)
-    try:
-        huey.add_schedule(message)
-    except Exception as exc:  # any queue error: requeue_lost() is the fallback
-        runs.queue_outage.failed(exc)
-
-
-def _wait_for_slot(message, limits):
-    """Put a job over its concurrency limit back in the queue; it is never failed for it."""
-    waiting = ", ".join(f"{key} (limit {limit})" for key, limit in limits)
-    Job.update(waiting_for=f"a free slot: {waiting}").where(Job.id == message.id).execute()
-    # A short pause keeps workers from spinning on a queue full of blocked jobs.
-    time.sleep(0.05)
-    message.recorded = True
-    huey.enqueue(message)
-    raise CancelExecution("waiting for a concurrency slot", retry=False)
-
-
-@huey.post_execute()
-def _record_outcome(message, value, exc):
-    started_at = getattr(_current, "started_at", None)
-    claim = getattr(_current, "claim", None)
-    _current.job_id = _current.task = _current.started_at = _current.claim = None
-    try:
-        if isinstance(exc, runs.ClaimLost):
-            logger.warning("job %s (%s): %s", message.id, message.name, exc)
-            return
-        if exc is not None and runs.is_connection_error(exc):
-            runs.reset_connection()
-        # Retried while the claim is held, so a short outage leaves no job running.
-        status = runs.write_while_held(lambda: _write_outcome(message, value, exc, started_at, claim), message.id)
-    finally:
-        runs.held.release(message.id)
-    if status is None:
-        return
-    if not status[1]:
-        logger.warning("job %s (%s): outcome %s not recorded: the run lost its claim", message.id, message.name, status[0])
-        return
-    try:
-        if status[0] in ("succeeded", "failed"):
-            hooks.job_finished.send(message.id, message.name, status[0])
-    except Exception:  # the outcome is recorded; a receiver's failure must not undo that
-        logger.exception("job %s: a job_finished receiver failed", message.id)
-    _log_finished(message, status[0], started_at, status[2])
-
-
-def _write_outcome(message, value, exc, started_at, claim):
-    """Write a run's outcome under its claim; returns (status, whether written, error)."""
-    if exc is None:
-        return "succeeded", Job.mark_finished(message.id, "succeeded", result=value, started_at=started_at, claim=claim), None
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    if isinstance(exc, TaskTimeout):
-        error = "timeout"
-    elif isinstance(exc, (JobError, CancelExecution)):
-        error = str(exc) or type(exc).__name__
-    else:
-        error = f"{type(exc).__name__}: {exc}"
-    if message.retries and not (isinstance(exc, CancelExecution) and _cancel_requested(message.id)):
-        return "retrying", Job.mark_retrying(message.id, error, trace, claim=claim), error
-    if isinstance(exc, CancelExecution):
-        return "canceled", Job.mark_finished(message.id, "canceled", error=error, started_at=started_at, claim=claim), error
-    return "failed", Job.mark_finished(message.id, "failed", error=error, traceback=trace, started_at=started_at, claim=claim), error
-
-
-@huey.post_execute()
-def _return_connection(message, value, exc):
-    """Hand the worker's PostgreSQL connection back to the pool once its job is recorded.
-
-    Registered after _record_outcome, so it runs after it. SQLite keeps its
-    per-thread connection: reopening costs more there than it frees.
-    """
-    if not isinstance(db.obj, SqliteDatabase) and not db.is_closed() and not db.in_transaction():
-        db.close()
-
-
-def _log_finished(message, status, started_at, error=None):
-    """One line per run: job id, function, outcome and duration (and the error's first line)."""
-    ms = 0.0 if started_at is None else (utcnow() - started_at).total_seconds() * 1000
-    if error is None:
-        logger.info("job %s %s %s in %.1f ms", message.id, message.name, status, ms)
-    else:
-        first = error.strip().splitlines()[0] if error.strip() else ""
-        logger.warning("job %s %s %s in %.1f ms: %s", message.id, message.name, status, ms, first[:300])
-
-
-def _cancel_requested(job_id):
-    return bool(Job.select(Job.cancel_requested).where(Job.id == job_id).scalar())
-
-
-@huey.signal(signals.SIGNAL_EXPIRED)
-def _record_expired(signal_name, message):
-    Job.mark_finished(message.id, "expired", error="expired before it ran")
-
-
-@huey.signal(signals.SIGNAL_INTERRUPTED)
-def _requeue_interrupted(signal_name, message):
-    """A job cut short by a stop runs again at once instead of being lost."""
-    claim = runs.held.claim_of(message.id)  # only while this process still holds the job
-    held = (Job.id == message.id) & (Job.status == "running")
-    if claim is not None:
-        held &= Job.claim == claim
-    Job.update(status="queued", worker=None, consumer_id=None, claim=None, error="interrupted by a consumer stop").where(
-        held
-    ).execute()
-    runs.held.release(message.id)
-    message.recorded = True
-    huey.enqueue(message)
 
 
 # -- Consumers (consumer.py) ------------------------------------------------------
@@ -964,8 +650,12 @@ def fail(message: str):
     raise JobError(message)
 
 
-# Last, as Flask does with views: these modules import this one for `task`, and importing them registers their tasks.
-
-
 # -- Apps (loader.py) -----------------------------------------------------------------
 APPS = {}  # name -> hooks.App, in load order; loader.py fills it
+
+
+# -- The job history (job_history.py) -------------------------------------------------
+# Its hooks on `huey` keep each job's row in step with its runs. It sits above this
+# module (it imports it), so it is imported by name, last: every process importing
+# jobs records its jobs, whichever module it imported first.
+importlib.import_module("job_history")

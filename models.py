@@ -367,6 +367,14 @@ class Job(JobQueries, BaseModel):
         '"finished_at" = {p}, "duration_ms" = {p} '
         'WHERE ("id" = {p}) AND ("status" NOT IN ({p}, {p}, {p}, {p}))'
     )
+    # A quick run's claim and outcome at once (runs.CLAIM_AFTER): the job still waits
+    # as it did when the run began, or runs under this run's claim, written meanwhile.
+    _CLAIM_AND_FINISH_SQL = (
+        'UPDATE "job" SET "status" = {p}, "result" = {p}, "error" = {p}, "traceback" = {p}, '
+        '"finished_at" = {p}, "duration_ms" = {p}, "started_at" = {p}, "worker" = {p}, "consumer_id" = {p}, '
+        '"claim" = {p}, "waiting_for" = NULL, "attempts" = ("attempts" + (CASE WHEN "status" = {p} THEN 0 ELSE 1 END)) '
+        'WHERE ("id" = {p}) AND ("status" IN ({p}, {p}) OR ("status" = {p} AND "claim" = {p}))'
+    )
     _FINISH_RUN_SQL = (
         'UPDATE "job" SET "status" = {p}, "result" = {p}, "error" = {p}, "traceback" = {p}, '
         '"finished_at" = {p}, "duration_ms" = {p} '
@@ -441,10 +449,20 @@ class Job(JobQueries, BaseModel):
             return claim if cls._run(sql, params) else None
 
     @classmethod
-    def mark_finished(cls, job_id, status, result=None, error=None, traceback=None, started_at=None, claim=None):
+    def status_of(cls, job_id):
+        """The job's status, or None when there is no such job."""
+        row = db.execute_sql('SELECT "status" FROM "job" WHERE "id" = {p}'.format(p=db.param), (job_id,)).fetchone()
+        return row[0] if row else None
+
+    @classmethod
+    def mark_finished(cls, job_id, status, result=None, error=None, traceback=None, started_at=None, claim=None,
+                      claimed=True, worker=None, consumer_id=None):
         """Put a job in terminal `status`. A worker passes the `started_at` it
         wrote, which saves reading the row back to compute the duration, and
-        its `claim`: then only a job still running under that claim changes."""
+        its `claim`: then only a job still running under that claim changes.
+        With `claimed=False` the claim is not written yet (a quick run): it is
+        written with the outcome, by `worker` of `consumer_id`, if the job still
+        waits (queued or scheduled) or runs under that claim."""
         now = utcnow()
         if started_at is None:
             started_at = cls.select(cls.started_at).where(cls.id == job_id).scalar()
@@ -452,6 +470,10 @@ class Job(JobQueries, BaseModel):
                 started_at = datetime.datetime.fromisoformat(started_at)
         duration = None if started_at is None else round((now - started_at).total_seconds() * 1000, 3)
         result = None if result is None else guard.dumps(result, default=str)  # NaN is no JSON: stored as null
+        if claim is not None and not claimed:
+            params = (status, result, error, traceback, now, duration, started_at, worker, consumer_id, claim, "running",
+                      job_id, "queued", "scheduled", "running", claim)
+            return cls._run(cls._CLAIM_AND_FINISH_SQL, params)
         if claim is not None:
             return cls._run(cls._FINISH_RUN_SQL, (status, result, error, traceback, now, duration, job_id, claim, "running"))
         params = (status, result, error, traceback, now, duration, job_id, *TERMINAL)

@@ -13,6 +13,7 @@ import fault_tasks  # noqa: F401 - registers probe in this process
 import consumer as consumer_module
 from consumer import reap, requeue_lost
 import group_commit
+import job_history
 import jobs
 import models
 import runs
@@ -104,8 +105,8 @@ def test_message_without_a_row_or_for_a_finished_job_does_not_run(tmp_path):
 
 
 def test_pending_job_waits_for_its_confirmation_and_never_runs_without_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs, "CLAIM_PAUSES", (0.001,))
-    monkeypatch.setattr(jobs, "DEFER_SECONDS", 0.2)
+    monkeypatch.setattr(job_history, "CLAIM_PAUSES", (0.001,))
+    monkeypatch.setattr(job_history, "DEFER_SECONDS", 0.2)
     Job.record(id="p1", name="probe", args='{"n": 1}', status="pending")
     Job.record(id="p2", name="probe", args='{"n": 2}', status="pending")
     for job_id, n in (("p1", 1), ("p2", 2)):
@@ -306,7 +307,7 @@ def test_a_run_whose_thread_is_gone_stops_being_renewed_and_is_recovered(monkeyp
 
 
 def test_plain_task_call_runs_only_once_its_push_is_confirmed(monkeypatch, tmp_path):
-    monkeypatch.setattr(jobs, "CLAIM_PAUSES", (0.001,))
+    monkeypatch.setattr(job_history, "CLAIM_PAUSES", (0.001,))
     fault_tasks.probe(n=1)  # a huey call, not through submit()
     assert [job.status for job in Job.select()] == ["queued"]
     storage = jobs.huey.storage

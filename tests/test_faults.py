@@ -119,6 +119,43 @@ def test_sigkill_mid_batch_loses_nothing(tmp_path):
     assert Job.select().where(Job.id.in_(ids) & (Job.recoveries > 0)).count() >= 1
 
 
+def test_sigkill_while_quick_outcomes_wait_for_the_group_commit_loses_nothing(tmp_path):
+    """Jobs quicker than runs.CLAIM_AFTER write their claim and outcome at once, handed to
+    the history writer while the worker moves on. A kill in the middle of that: every job
+    still ends recorded exactly once; a job recorded as finished before the kill never
+    runs again; only the jobs whose outcome the kill caught uncommitted run a second time,
+    and requeue_lost(), not luck, brings them back."""
+    n = 1500
+    ids = jobs.submit_many("record_run", [{"n": i, "seconds": 0} for i in range(n)])
+    first = start_consumer(tmp_path, "-w", "4")
+    try:
+        wait_until(lambda: sum(completed_runs(tmp_path).values()) >= 300, timeout=60, message="300 runs")
+    finally:
+        first.kill()
+        first.wait(10)
+    recorded = {job.args_dict["n"] for job in Job.select().where(Job.id.in_(ids) & (Job.status == "succeeded"))}
+    ran_before = completed_runs(tmp_path)
+    assert 0 < len(recorded) < n
+    assert recorded <= set(ran_before)  # nothing is recorded that did not run
+    second = start_consumer(tmp_path, "-w", "4")
+    try:
+        wait_until(lambda: statuses(ids)["succeeded"] == n, timeout=120, message=f"all {n} succeeded")
+    finally:
+        stop(second)
+    runs_now = completed_runs(tmp_path)
+    assert set(runs_now) == set(range(n))
+    # One recorded end each: the metrics trigger counts every change into a terminal state.
+    counted = models.JobCount.get((models.JobCount.function == "record_run") & (models.JobCount.status == "succeeded"))
+    assert counted.count == n
+    assert all(runs_now[i] == 1 for i in recorded), "a job recorded finished ran again"
+    twice = {i for i, count in runs_now.items() if count > 1}
+    recovered = {job.args_dict["n"] for job in Job.select().where(Job.id.in_(ids) & (Job.recoveries > 0))}
+    assert twice <= recovered
+    assert recovered, "the kill caught no job between its dequeue and its recorded end"
+    assert len(twice) <= runs.MAX_HANDED_OFF + 4
+    assert all(count <= 2 for count in runs_now.values())
+
+
 def test_sigterm_finishes_running_jobs_and_leaves_the_rest_queued(tmp_path):
     slow = [jobs.submit("record_run", {"n": n, "seconds": 1.5})[0].id for n in range(2)]
     rest = [jobs.submit("record_run", {"n": n})[0].id for n in range(2, 22)]

@@ -9,6 +9,7 @@ import pytest
 from helpers import ROOT, RunningConsumer, wait_until, base_env, registered_tasks
 
 from consumer import reap
+import job_history
 import jobs
 import settings
 import models
@@ -153,7 +154,7 @@ def test_limited_job_cut_short_by_a_stop_runs_again():
     job = jobs.enqueue("full_sync", n=1, seconds=0)
     message = jobs.huey.dequeue()
     assert Job.mark_running(job.id, "w", None, limits=jobs.FUNCTIONS["full_sync"].limits)
-    jobs._requeue_interrupted("interrupted", message)  # what a consumer stop does with a running job
+    job_history._requeue_interrupted("interrupted", message)  # what a consumer stop does with a running job
     assert Job.get_by_id(job.id).status == "queued"
     jobs.huey.execute(jobs.huey.dequeue())
     assert Job.get_by_id(job.id).status == "succeeded"
