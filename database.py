@@ -8,6 +8,7 @@ before a fork. The tables themselves live in models.py and the apps.
 """
 
 import base64
+import contextlib
 import datetime
 from pathlib import Path
 
@@ -100,6 +101,26 @@ def open_database(url):
 
 
 MODELS = []  # every table; each BaseModel subclass adds itself
+
+SCHEMA_LOCK_KEY = 0x6C6A7363  # "ljsc": the advisory lock one schema change at a time holds
+
+
+@contextlib.contextmanager
+def schema_change():
+    """Create and migrate tables one process at a time.
+
+    On PostgreSQL `CREATE TABLE IF NOT EXISTS` is not safe against another
+    session doing the same at once: when several consumers meet a new database
+    together, all but one fail with "relation … already exists". There the
+    change runs in one transaction under an advisory lock (DDL is
+    transactional). SQLite takes its write lock for a schema change itself.
+    """
+    if db.obj is None or isinstance(db.obj, SqliteDatabase):
+        yield
+        return
+    with db.atomic():
+        db.execute_sql("select pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        yield
 
 
 def encode_cursor(stamp, row_id):

@@ -43,6 +43,7 @@ from database import (  # noqa: F401 re-exported: callers import the plumbing fr
     close_all_connections,
     create_tables_once,
     db,
+    schema_change,
     db_now,
     db_time,
     decode_cursor,
@@ -606,8 +607,9 @@ MIGRATIONS = [
 
 
 def create_tables():
-    """Create missing tables and apply pending migrations; safe to run at every start."""
-    with db.connection_context():
+    """Create missing tables and apply pending migrations; safe to run at every start,
+    also by several processes at once (schema_change)."""
+    with db.connection_context(), schema_change():
         db.create_tables(MODELS, safe=True)
         install_job_triggers()
         current = SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar()

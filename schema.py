@@ -11,7 +11,7 @@ from peewee import CharField, DateTimeField, IntegerField
 from playhouse.migrate import SchemaMigrator, migrate
 
 import models
-from models import MIGRATIONS, BaseModel, SchemaVersion, db, utcnow
+from models import MIGRATIONS, BaseModel, SchemaVersion, db, schema_change, utcnow
 
 
 class AppSchema(BaseModel):
@@ -36,6 +36,7 @@ def upgrade(apps):
     with db.connection_context():
         existed = set(db.get_tables())
         models.create_tables()  # the engine's migrations, and every table still missing
+    with db.connection_context(), schema_change():
         db.create_tables([AppSchema], safe=True)
         known = {row.app: row.version for row in AppSchema.select()}
         migrator = SchemaMigrator.from_database(db.obj)

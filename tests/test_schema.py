@@ -121,3 +121,31 @@ def test_an_apps_migrations_run_once_in_order_on_its_old_tables(probe):
 def test_an_app_whose_tables_are_new_starts_at_its_newest_version(probe):
     assert schema.upgrade([probe]) == {}  # made from its models: nothing to migrate
     assert ("probe", 2, 2) in schema.status([probe])
+
+
+def test_consumers_meeting_a_new_postgresql_database_together_all_start(tmp_path):
+    """Each start creates missing tables; on PostgreSQL four at once must not race (schema_change)."""
+    import psycopg
+
+    from helpers import POSTGRES_SERVER_URL, POSTGRES_DATABASE, base_env, service_or_skip
+
+    name = f"{POSTGRES_DATABASE}_race"
+
+    def create():
+        with psycopg.connect(POSTGRES_SERVER_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    service_or_skip("PostgreSQL", create)
+    url = POSTGRES_SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    code = "import loader, preflight, jobs; loader.load_apps(); preflight.check_services(jobs.check_queue)"
+    environ = base_env(DATA_DIR=str(tmp_path), DATABASE_URL=url)
+    try:
+        starts = [
+            subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=environ, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        errors = [start.communicate(timeout=120)[1] for start in starts]
+        assert [start.returncode for start in starts] == [0, 0, 0, 0], errors
+    finally:
+        with psycopg.connect(POSTGRES_SERVER_URL, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
