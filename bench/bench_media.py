@@ -50,7 +50,7 @@ def make_photo(path, seed, size=(4000, 3000)):
 
 def prepare(data_dir, photos, n):
     """Rows and originals for `n` uploads, and their jobs queued; returns the job ids."""
-    import analytics
+    from apps.content import models as analytics
     import jobs
     import lj
     import models
@@ -79,7 +79,7 @@ def peak_rss_mb(pid):
 
 
 def run_row(photos, limit, n, workers=4, timeout=600):
-    import analytics
+    from apps.content import models as analytics
     import lj
 
     data_dir = common.scratch(f"media-limit{limit}")
