@@ -153,6 +153,7 @@ def test_greenlet_consumer_from_gevent_monkey_runs_certificates_and_stops_on_sig
         LIBRARY_LOG_LEVEL="info",
         SHUTDOWN_TIMEOUT="10",
         RUN_SCHEDULES="0",
+        PYTHONFAULTHANDLER="1",  # a stalled consumer dumps its stacks on SIGABRT (below)
     )
     log = tmp_path / "consumer.log"
     command = [
@@ -170,12 +171,18 @@ def test_greenlet_consumer_from_gevent_monkey_runs_certificates_and_stops_on_sig
     with open(log, "w") as out:
         consumer = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(
-            lambda: Certificate.select().count() == 20, timeout=120, interval=0.5, message="20 certificates"
-        )
-        wait_until(
-            lambda: Job.select().where(Job.status.not_in(TERMINAL)).count() == 0, timeout=60, message="all ended"
-        )
+        try:
+            wait_until(
+                lambda: Certificate.select().count() == 20, timeout=120, interval=0.5, message="20 certificates"
+            )
+            wait_until(
+                lambda: Job.select().where(Job.status.not_in(TERMINAL)).count() == 0, timeout=60, message="all ended"
+            )
+        except AssertionError as stalled:
+            # Where a stalled consumer waits: faulthandler writes its threads' stacks on SIGABRT.
+            consumer.send_signal(signal.SIGABRT)
+            consumer.wait(10)
+            raise AssertionError(f"{stalled}\n{log.read_text()[-8000:]}") from None
         assert Job.select().where(Job.status != "succeeded").count() == 0
         job, _ = jobs.submit("sleep", {"seconds": 1.5})
         wait_until(lambda: Job.get_by_id(job.id).status == "running", timeout=20, message="sleep running")
