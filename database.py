@@ -170,7 +170,8 @@ class BaseModel(Model):
         super().__init_subclass__(**kwargs)
         # Tables live in the modules of their concern: registering each one as
         # it is defined spares create_tables() a list to keep in step by hand.
-        MODELS.append(cls)
+        if not cls.__dict__.get("_abstract"):  # a base of other tables' fields, no table itself
+            MODELS.append(cls)
 
 
 def db_time(seconds=0.0):

@@ -38,6 +38,7 @@ from peewee import BooleanField, CharField, DateTimeField, IntegerField, TextFie
 import settings
 from httpclient import JsonClient, PermanentError, RetryableError, answer, read_object, refusal, sandbox_app
 from models import BaseModel, chunked, db, utcnow
+from sandbox_faults import InjectedFault
 
 from .delivery import webhooks
 from .embeddings import MAX_INPUTS, SANDBOX_DIMENSIONS, SANDBOX_PATH, WORD, hashed_words
@@ -171,30 +172,11 @@ class IngestChunk(BaseModel):
         return body
 
 
-class IngestFault(BaseModel):
-    """A fault injected into the sandbox ingest: the next `remaining` calls to
-    `target` (changes, document or any) answer `status` (200: garbage), or `delay_ms` late."""
-
-    target = CharField(default="any")
-    status = IntegerField(null=True)
-    delay_ms = IntegerField(default=0)
-    remaining = IntegerField(default=1)
-    created_at = DateTimeField(default=utcnow)
+class IngestFault(InjectedFault):
+    """A fault injected into the sandbox ingest, for its calls changes, document (or any)."""
 
     class Meta:
         table_name = "knowledge_ingest_fault"
-
-    @classmethod
-    def take(cls, target):
-        """Use up one call of the oldest fault for `target`; None when there is none."""
-        for fault in list(cls.select().where(cls.target.in_((target, "any")) & (cls.remaining > 0)).order_by(cls.id)):
-            used = cls.update(remaining=cls.remaining - 1).where((cls.id == fault.id) & (cls.remaining > 0)).execute()
-            if used:
-                return fault
-        return None
-
-    def to_dict(self):
-        return {"id": str(self.id), "target": self.target, "status": self.status, "delay_ms": self.delay_ms, "remaining": self.remaining}
 
 
 def split_text(text, words_per_chunk=60):

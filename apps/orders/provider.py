@@ -25,12 +25,13 @@ import time
 from urllib.parse import quote
 
 from bottle import request
-from peewee import CharField, DateTimeField, IntegerField, IntegrityError, TextField
+from peewee import CharField, DateTimeField, IntegrityError, TextField
 
 import settings
 from httpclient import PermanentError, RetryableError, ServiceError  # noqa: F401 - PermanentError: re-exported
 from httpclient import JsonClient, answer, excerpt, read_object, refusal, sandbox_app
 from models import BaseModel, db, isoformat, utcnow
+from sandbox_faults import InjectedFault
 
 logger = logging.getLogger("litejobs.provider")
 
@@ -146,38 +147,11 @@ class SandboxOrder(BaseModel):
         }
 
 
-class SandboxFault(BaseModel):
-    """A fault injected into the sandbox: the next `remaining` calls to `target`
-    (create, status or any) answer `status`, or answer `delay_ms` late."""
-
-    target = CharField(default="any")
-    status = IntegerField(null=True)
-    delay_ms = IntegerField(default=0)
-    remaining = IntegerField(default=1)
-    created_at = DateTimeField(default=utcnow)
+class SandboxFault(InjectedFault):
+    """A fault injected into the provider sandbox, for its calls create, status (or any)."""
 
     class Meta:
         table_name = "sandbox_fault"
-
-    @classmethod
-    def take(cls, target):
-        """Use up one call of the oldest fault for `target`; None when there is none."""
-        # Every sandbox call asks, and almost always finds none: a plain statement is cheapest.
-        sql = 'SELECT * FROM "sandbox_fault" WHERE "target" IN ({p}, {p}) AND "remaining" > 0 ORDER BY "id"'
-        for fault in list(cls.raw(sql.format(p=db.param), target, "any")):
-            used = cls.update(remaining=cls.remaining - 1).where((cls.id == fault.id) & (cls.remaining > 0)).execute()
-            if used:
-                return fault
-        return None
-
-    def to_dict(self):
-        return {
-            "id": str(self.id),
-            "target": self.target,
-            "status": self.status,
-            "delay_ms": self.delay_ms,
-            "remaining": self.remaining,
-        }
 
 
 # -- The sandbox provider ------------------------------------------------------------
