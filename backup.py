@@ -72,7 +72,7 @@ def parts():
         )
     found = {"database.db": (database, "sqlite")}
     queue = sqlite_path(settings.QUEUE_URL)
-    if queue is not None:
+    if queue is not None and os.path.realpath(queue) != os.path.realpath(database):  # the default: one file
         found["queue.db"] = (queue, "sqlite")
     for name, folder in (
         ("uploads", settings.UPLOAD_DIR),

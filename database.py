@@ -10,6 +10,7 @@ before a fork. The tables themselves live in models.py and the apps.
 import base64
 import contextlib
 import datetime
+import time
 from pathlib import Path
 
 from peewee import SQL, DatabaseProxy, Model, SqliteDatabase, Tuple, chunked
@@ -66,6 +67,64 @@ def wal_pages(path):
     return max(100, min(WAL_CHECKPOINT_PAGES, total // 50 // 4096))
 
 
+def is_locked(exc):
+    """True for SQLite's "database is locked": another connection holds the write lock."""
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
+def wait_while_locked(call, timeout):
+    """`call()`, tried again while SQLite answers that the database is locked, for up to `timeout` s.
+
+    Every SQLite connection of litejobs has a busy timeout of 0 and waits here
+    instead. SQLite's own busy handler sleeps 1, 2, 5, 10 … ms between tries,
+    so a producer and a consumer meeting on the write lock take turns in
+    milliseconds for writes of ~0.1 ms; here a waiter looks again after 50 µs,
+    growing to 2 ms. The pause is Python's time.sleep: under gevent it lets the
+    other greenlets run (one of them may hold the lock), where the busy handler
+    sleeps in C and stops them all.
+    """
+    try:
+        return call()
+    except Exception as exc:
+        if not is_locked(exc):
+            raise
+    deadline = time.monotonic() + timeout
+    pause = 0.00005
+    while True:
+        time.sleep(pause)
+        try:
+            return call()
+        except Exception as exc:
+            if not is_locked(exc) or time.monotonic() >= deadline:
+                raise
+        pause = min(pause * 1.5, 0.002)
+
+
+class LitejobsSqliteDatabase(PooledSqliteDatabase):
+    """Pooled SQLite connections that wait for the write lock in Python (wait_while_locked).
+
+    The busy timeout (`timeout`) still applies while a connection opens and sets
+    its pragmas; after that it is 0, and a statement outside a transaction, or
+    the BEGIN IMMEDIATE of one, is tried again here. Inside an IMMEDIATE
+    transaction the lock is held already, so its statements never wait.
+    """
+
+    def _connect(self):
+        conn = super()._connect()
+        conn.execute("pragma busy_timeout=0")
+        return conn
+
+    def begin(self, lock_type=None):
+        parent = super().begin
+        wait_while_locked(lambda: parent(lock_type), self._timeout)
+
+    def execute_sql(self, sql, params=None):
+        if self.transaction_depth():
+            return super().execute_sql(sql, params)
+        parent = super().execute_sql
+        return wait_while_locked(lambda: parent(sql, params), self._timeout)
+
+
 def open_database(url):
     """A Peewee database for `url`; SQLite gets WAL, a busy timeout and IMMEDIATE writes,
     PostgreSQL a connection pool (dburl.py)."""
@@ -80,7 +139,7 @@ def open_database(url):
         # thread or greenlet still has its own while it holds one.
         # journal_size_limit: after a checkpoint the WAL file shrinks back to that size.
         pages = wal_pages(path)
-        database = PooledSqliteDatabase(
+        database = LitejobsSqliteDatabase(
             str(path),
             pragmas={
                 "journal_mode": "wal",

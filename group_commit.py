@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 
-from huey import signals
 from peewee import PeeweeException
 
 import jobs
@@ -88,6 +87,11 @@ def _write(batch):
     ids = [job.id for job in rows]
     try:
         jobs.check_disk()  # once for the batch: under DISK_RESERVE, each of its calls gets the 507
+        storage = jobs.messages_with_rows()
+        if storage is not None:  # rows and messages in one transaction
+            jobs.write_with_messages(storage, batch.calls)
+            batch.confirmed = set(ids)
+            return
         try:
             Job.insert_rows(rows)
         except PeeweeException as exc:
@@ -126,12 +130,6 @@ def push_messages(calls):
         for message in messages:
             huey.enqueue(message)
     else:
-        items = []
-        for message in messages:  # what huey.enqueue does before its storage write
-            if message.expires:
-                message.resolve_expires(huey.utc)
-            huey._emit(signals.SIGNAL_ENQUEUED, message)
-            items.append((huey.serialize_task(message), message.priority or 0, jobs.queue_of(message)))
-        huey.storage.enqueue_many(items)
+        huey.storage.enqueue_many(jobs.storage_items(messages))
         wakeup.notify(huey.storage)  # standalone consumers of a SQLite queue, in other processes
     jobs._wake.set()

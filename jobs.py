@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -398,6 +399,10 @@ def submit(
         name, args, delay, eta, priority, queue, checked, parent_id=parent_id, api_key_id=api_key_id, idempotency_key=idempotency_key
     )
     check_disk()
+    storage = messages_with_rows() if idempotency_key is None else None
+    if storage is not None:
+        write_with_messages(storage, [(fresh, kwargs, status)])
+        return fresh, True
     try:
         job = None
         if idempotency_key is not None:
@@ -447,6 +452,45 @@ def new_job(name, args, delay=None, eta=None, priority=None, queue=None, checked
     status = "scheduled" if eta and eta > utcnow() else "queued"
     values = {"args": json.dumps(kwargs), "queue": queue, "priority": priority, "scheduled_for": eta, **fields}
     return Job(id=str(uuid.uuid4()), name=name, status="pending", **values), kwargs, status
+
+
+def messages_with_rows():
+    """The queue storage when it lives in the app's SQLite database (QUEUE_URL is
+    DATABASE_URL, the default), so a job's row and its message can commit in one
+    transaction; None otherwise."""
+    storage = huey.storage
+    if huey.immediate or not hasattr(storage, "shares_file") or not storage.shares_file(db.obj):
+        return None
+    return storage
+
+
+def write_with_messages(storage, calls):
+    """Insert the rows of `calls` ((unsaved job, kwargs, status) each) and their messages
+    in one transaction: no `pending` step and no confirmation, since neither can
+    be there without the other. Unavailable (503) when it fails: then neither is."""
+    messages = [message_for(FUNCTIONS[job.name], job.id, kwargs, job.scheduled_for, job.priority, job.queue)
+                for job, kwargs, _ in calls]
+    for job, _, status in calls:
+        job.status = status
+    try:
+        with db.atomic():
+            Job.insert_rows([job for job, _, _ in calls])
+            storage.write_in(db, storage_items(messages))
+    except (PeeweeException, sqlite3.Error) as exc:
+        raise Unavailable(f"database unavailable: {exc}") from exc
+    wakeup.notify(storage)  # standalone consumers, in other processes
+    _wake.set()
+
+
+def storage_items(messages):
+    """(data, priority, queue) of each message for a storage write, after what huey.enqueue does first."""
+    items = []
+    for message in messages:
+        if message.expires:
+            message.resolve_expires(huey.utc)
+        huey._emit(signals.SIGNAL_ENQUEUED, message)
+        items.append((huey.serialize_task(message), message.priority or 0, queue_of(message)))
+    return items
 
 
 def _forget_pending(job_ids):

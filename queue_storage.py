@@ -14,14 +14,16 @@ messages queued before queues were apart still run; every other queue is
 cover them all.
 """
 
+import contextlib
 import functools
+import os
 import struct
 import time
 
 from huey.registry import Message
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 
-from models import wal_pages
+from database import wait_while_locked, wal_pages
 
 DEFAULT_QUEUE = "default"
 
@@ -80,6 +82,11 @@ class SqlQueues(RoutedQueues):
 
 
 @functools.lru_cache(maxsize=16)
+def _same_file(path, other):
+    return isinstance(other, str) and os.path.realpath(path) == os.path.realpath(other)
+
+
+@functools.lru_cache(maxsize=16)
 def best_of_heads(count):
     """SQLite: the id of the best message among the heads of `count` queues."""
     # The head of each queue on the (queue, priority desc, id) index, then the best
@@ -105,11 +112,55 @@ class QueueStorage(SqlQueues, SqliteStorage):
 
     def _create_connection(self):
         conn = super()._create_connection()
+        conn.execute("pragma busy_timeout=0")  # waits for the write lock in wait_while_locked instead
         conn.execute("pragma synchronous=normal")
         pages = wal_pages(self.filename)
         conn.execute(f"pragma wal_autocheckpoint={pages}")
         conn.execute(f"pragma journal_size_limit={pages * 4096}")
         return conn
+
+    @contextlib.contextmanager
+    def db(self, commit=False, close=False):
+        """huey's db(), with its BEGIN tried again while another process holds the write lock."""
+        with self.lock:
+            conn = self.conn
+            cursor = conn.cursor()
+            try:
+                if commit:
+                    wait_while_locked(lambda: cursor.execute(self.begin_sql), self._timeout)
+                yield cursor
+            except Exception:
+                if commit:
+                    conn.rollback()
+                raise
+            else:
+                if commit:
+                    conn.commit()
+            finally:
+                cursor.close()
+                if close:
+                    conn.close()
+                    self._conn = None
+
+    def sql(self, query, params=None, commit=False, results=False):
+        parent = super().sql
+        if commit:  # db() waits for the lock
+            return parent(query, params, commit, results)
+        # A read outside a transaction can meet a lock too (while a WAL is reset).
+        return wait_while_locked(lambda: parent(query, params, commit, results), self._timeout)
+
+    def shares_file(self, database):
+        """True when peewee `database` is this queue's own SQLite file (see write_in)."""
+        return _same_file(self.filename, getattr(database, "database", None))
+
+    def write_in(self, database, items):
+        """Insert (data, priority, queue) items through `database`'s connection, in the
+        transaction it has open: with the queue in the app database, a job's row and
+        its message then commit together, and neither is ever there without the other."""
+        database.cursor().executemany(
+            "insert into task (queue, data, priority) values (?, ?, ?)",
+            [(self.queue_name(queue), self.to_blob(data), priority or 0) for data, priority, queue in items],
+        )
 
     def enqueue(self, data, priority=None, queue=None):
         self.sql(

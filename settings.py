@@ -165,8 +165,9 @@ DATABASE_POOL_SIZE = _define(
 )
 QUEUE_URL = _define(
     "QUEUE_URL",
-    f"sqlite:///{(DATA_DIR / 'queue.db').as_posix()}",
-    "queue storage: SQLite file in DATA_DIR by default, redis://… or postgresql://…",
+    # In the app's own SQLite file a job's row and its message commit in one transaction.
+    DATABASE_URL if DATABASE_URL.startswith("sqlite:") else f"sqlite:///{(DATA_DIR / 'queue.db').as_posix()}",
+    "queue storage: the SQLite database (DATABASE_URL) by default, redis://… or postgresql://…",
     _url("sqlite", "redis", "postgresql"),
 )
 

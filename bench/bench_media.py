@@ -55,7 +55,7 @@ def prepare(data_dir, photos, n):
     import lj
     import models
 
-    lj.use(f"sqlite:///{data_dir / 'litejobs.db'}", f"sqlite:///{data_dir / 'queue.db'}")
+    lj.use(f"sqlite:///{data_dir / 'litejobs.db'}", f"sqlite:///{data_dir / 'litejobs.db'}")
     user = models.User.create(email="bench@example.com", name="Bench")
     post = analytics.Post.create(author=user, body="benchmark #photos")
     ids = []

@@ -50,7 +50,7 @@ def peak_rss_mb(pid):
 
 def seed_provider(data_dir, n):
     """The sandbox's side: n orders placed a minute ago, complete by now."""
-    lj.use(f"sqlite:///{data_dir / 'litejobs.db'}", f"sqlite:///{data_dir / 'queue.db'}")
+    lj.use(f"sqlite:///{data_dir / 'litejobs.db'}", f"sqlite:///{data_dir / 'litejobs.db'}")
     placed = models.utcnow() - datetime.timedelta(minutes=1)
     rows = [
         {
@@ -71,7 +71,7 @@ def seed_provider(data_dir, n):
 
 def seed_orders(data_dir, n):
     """Our side: n sent orders whose first check is due; the sweep queues their checks. Returns seconds."""
-    lj.use(f"sqlite:///{data_dir / 'litejobs.db'}", f"sqlite:///{data_dir / 'queue.db'}")
+    lj.use(f"sqlite:///{data_dir / 'litejobs.db'}", f"sqlite:///{data_dir / 'litejobs.db'}")
     sent = models.utcnow() - datetime.timedelta(minutes=1)
     rows = [
         {

@@ -153,10 +153,13 @@ def reset_redis():
 def service_env(data_dir, database_url=None, queue_url=None, **extra):
     """The environment of a litejobs process on `data_dir` (and the given URLs)."""
     env = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
+    database_url = database_url or f"sqlite:///{Path(data_dir) / 'litejobs.db'}"
+    # As settings.py: the queue lives in the SQLite database unless told otherwise.
+    default_queue = database_url if database_url.startswith("sqlite:") else f"sqlite:///{Path(data_dir) / 'queue.db'}"
     env.update(
         DATA_DIR=str(data_dir),
-        DATABASE_URL=database_url or f"sqlite:///{Path(data_dir) / 'litejobs.db'}",
-        QUEUE_URL=queue_url or f"sqlite:///{Path(data_dir) / 'queue.db'}",
+        DATABASE_URL=database_url,
+        QUEUE_URL=queue_url or default_queue,
         LOG_LEVEL="WARNING",
         PYTHONPATH=os.pathsep.join([str(ROOT), str(BENCH)]),
         PYTHONUNBUFFERED="1",

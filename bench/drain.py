@@ -43,7 +43,8 @@ def urls(backend, data_dir):
     """(app database URL, litejobs queue URL, plain huey queue URL)."""
     sqlite_db = f"sqlite:///{data_dir / 'litejobs.db'}"
     if backend == "sqlite":
-        return sqlite_db, f"sqlite:///{data_dir / 'queue.db'}", f"sqlite:///{data_dir / 'plain-queue.db'}"
+        # litejobs' default: the queue in the app database (one transaction per enqueue).
+        return sqlite_db, sqlite_db, f"sqlite:///{data_dir / 'plain-queue.db'}"
     if backend == "redis":
         common.reset_redis()
         return sqlite_db, common.REDIS_URL, common.REDIS_URL
