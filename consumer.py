@@ -29,8 +29,9 @@ import logconfig
 import preflight
 import runs
 import settings
+import take_ahead
 import wakeup
-from jobs import APPS, FUNCTIONS, _enqueue, _wake, check_queue, huey
+from jobs import APPS, FUNCTIONS, _enqueue, _wake, check_queue, huey, queue_of
 from models import WAITING, Job, Worker, close_all_connections, db_time, utcnow
 
 logger = logging.getLogger("litejobs.jobs")  # the name it logged under inside jobs.py: log filters keep working
@@ -293,6 +294,8 @@ class Consumer(huey_consumer.Consumer):
             queues=",".join(self.queues),
         )
         huey.serve(self.queues or None)
+        if self.worker_type != "process":  # a worker process is one worker: nobody to take for
+            huey.take_ahead.extra = self.workers - 1
         if self.queues:
             logger.info("consumer %s serves queues %s", jobs.CONSUMER_ID, ", ".join(self.queues))
         self._heartbeat()
@@ -361,6 +364,7 @@ class Consumer(huey_consumer.Consumer):
     def loop(self, health_check_ts=None):
         health_check_ts = super().loop(health_check_ts)
         hooks.consumer_loop.send(self)  # e.g. stops: terminate requests and time limits of the jobs here
+        huey.take_ahead.give_back(huey, queue_of, older_than=take_ahead.STALE)
         if time.monotonic() >= self._next_beat:
             self._heartbeat()
         return health_check_ts
@@ -376,6 +380,8 @@ class Consumer(huey_consumer.Consumer):
         if self._workers_listen:
             wakeup.notify(self.huey.storage)
         super().stop(graceful)
+        huey.take_ahead.give_back(huey, queue_of)  # the workers are done: whatever they did not take
+        huey.take_ahead.extra = 0
         if self.listener is not None:
             self.listener.close()
         Worker.update(stopped_at=utcnow()).where(Worker.id == jobs.CONSUMER_ID).execute()

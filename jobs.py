@@ -34,6 +34,7 @@ import runs
 import guard
 import settings
 import wakeup
+from take_ahead import TakeAhead
 from params import ArgumentError, Param  # noqa: F401 re-exported: apps import ArgumentError from here
 from runs import current_job_id, progress  # noqa: F401 re-exported: tasks import them from here
 from models import Job, utcnow
@@ -118,6 +119,7 @@ class LitejobsHuey(Huey):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._registry = FunctionRegistry()
+        self.take_ahead = TakeAhead(_wake)  # the Consumer turns it on for its workers
 
     def create_consumer(self, **options):
         # `huey_consumer jobs.huey` imports this module, then asks for a consumer:
@@ -165,7 +167,7 @@ class LitejobsHuey(Huey):
         if self.storage.reading is None:
             self.serve(self.serving)
         try:
-            data = self.storage.dequeue()
+            data = self.take_ahead.take(self.storage)
         except Exception as exc:  # any driver error: the storage is away
             time.sleep(runs.queue_outage.failed(exc))
             return None
@@ -211,6 +213,8 @@ def make_huey(url):
         return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=queue_storage.RedisQueueStorage, url=url)
     return LitejobsHuey(settings.QUEUE_NAME, results=False, storage_class=queue_storage.PostgresQueueStorage, dsn=url)
 
+
+_wake = threading.Event()  # set by an enqueue in this process: its idle workers look at once
 
 try:
     huey = make_huey(settings.QUEUE_URL)
@@ -368,7 +372,6 @@ def known_queues():
 
 
 # -- Enqueueing -------------------------------------------------------------------
-_wake = threading.Event()
 
 
 def submit(
@@ -386,15 +389,14 @@ def submit(
 ):
     """Record and enqueue a call of function `name`; returns (job, created).
 
-    The row is written `pending`, the message pushed, and the row then
-    confirmed `queued` (or `scheduled`). A consumer runs no pending job, so
-    when the push fails — or times out, and a hung queue runs it later — the
-    answer is an error and the job never runs; the row is removed, or by the
-    reaper if that fails too. A retry with the same idempotency key takes over
-    a row left pending and pushes again: one job whatever happened before.
-
-    `queue` puts this call on another queue than the function's (a schedule's override).
-    """
+    With the queue in the SQLite database (the default), the row and its
+    message commit together (write_with_messages). Elsewhere the row is written
+    `pending`, the message pushed, and the row confirmed `queued` (or
+    `scheduled`); a consumer runs no pending job, so when the push fails — or
+    times out, and a hung queue runs it later — the answer is an error and the
+    job never runs (the row is removed, by the reaper if that fails too). A
+    retry with the same idempotency key takes over a row left pending: one job
+    whatever happened before. `queue` overrides the function's (a schedule's)."""
     fresh, kwargs, status = new_job(
         name, args, delay, eta, priority, queue, checked, parent_id=parent_id, api_key_id=api_key_id, idempotency_key=idempotency_key
     )
@@ -455,9 +457,8 @@ def new_job(name, args, delay=None, eta=None, priority=None, queue=None, checked
 
 
 def messages_with_rows():
-    """The queue storage when it lives in the app's SQLite database (QUEUE_URL is
-    DATABASE_URL, the default), so a job's row and its message can commit in one
-    transaction; None otherwise."""
+    """The queue storage when it is the app's SQLite database (QUEUE_URL is DATABASE_URL,
+    the default): a job's row and its message can commit in one transaction."""
     storage = huey.storage
     if huey.immediate or not hasattr(storage, "shares_file") or not storage.shares_file(db.obj):
         return None
@@ -465,9 +466,8 @@ def messages_with_rows():
 
 
 def write_with_messages(storage, calls):
-    """Insert the rows of `calls` ((unsaved job, kwargs, status) each) and their messages
-    in one transaction: no `pending` step and no confirmation, since neither can
-    be there without the other. Unavailable (503) when it fails: then neither is."""
+    """Insert the rows of `calls` ((unsaved job, kwargs, status) each) and their messages in
+    one transaction: neither is ever there without the other, so no `pending` step."""
     messages = [message_for(FUNCTIONS[job.name], job.id, kwargs, job.scheduled_for, job.priority, job.queue)
                 for job, kwargs, _ in calls]
     for job, _, status in calls:
@@ -589,9 +589,7 @@ def wait(job_id, timeout):
         pause = min(pause * 1.5, 0.05)
 
 
-# -- The running job ----------------------------------------------------------------
-# current_job_id() and progress() live with the run's claim in runs.py; the hooks that
-# keep the job history in step with huey are in job_history.py, imported at the end.
+# -- The running job (current_job_id and progress: runs.py; the history hooks: job_history.py)
 
 
 def fail_now(message):

@@ -87,6 +87,16 @@ def _same_file(path, other):
 
 
 @functools.lru_cache(maxsize=16)
+def best_heads(count):
+    """SQLite: the ids of the best N messages among `count` queues (parameters: each queue's
+    name and N, then N), as best_of_heads reads the one best."""
+    heads = " union all ".join(
+        ["select * from (select id, priority from task where queue = ? order by priority desc, id limit ?)"] * count
+    )
+    return f"select id from ({heads}) order by priority desc, id limit ?"
+
+
+@functools.lru_cache(maxsize=16)
 def best_of_heads(count):
     """SQLite: the id of the best message among the heads of `count` queues."""
     # The head of each queue on the (queue, priority desc, id) index, then the best
@@ -177,6 +187,22 @@ class QueueStorage(SqlQueues, SqliteStorage):
                 [(self.queue_name(queue), self.to_blob(data), priority or 0) for data, priority, queue in items],
             )
 
+    def dequeue_many(self, count):
+        """Up to `count` messages, best first, taken in one transaction (take_ahead.py)."""
+        names = self.read_names()
+        best = best_heads(len(names))
+        while True:
+            heads = self.sql(best, [*[p for name in names for p in (name, count)], count], results=True)
+            if not heads:
+                return []
+            ids = [row[0] for row in heads]
+            with self.db(commit=True) as curs:
+                marks = ", ".join("?" * len(ids))
+                curs.execute(f"delete from task where id in ({marks}) returning priority, id, data", ids)
+                taken = curs.fetchall()
+            if taken:  # else other consumers took them all first: look again
+                return [data for _, _, data in sorted(taken, key=lambda row: (-row[0], row[1]))]
+
     def dequeue(self):
         names = self.read_names()
         best = best_of_heads(len(names))
@@ -262,6 +288,14 @@ end
 return false
 """
 
+# POP_BEST_LUA ARGV[1] times (take_ahead.py): the best messages, in order, in one round trip.
+POP_MANY_LUA = (
+    "local function pop_best()\n"
+    + POP_BEST_LUA
+    + "\nend\nlocal taken = {}\nfor _ = 1, tonumber(ARGV[1]) do\n"
+    "    local member = pop_best()\n    if not member then break end\n    taken[#taken + 1] = member\nend\nreturn taken\n"
+)
+
 
 class RedisQueueStorage(RoutedQueues, PriorityRedisStorage):
     """huey's priority Redis storage with a sorted set per litejobs queue."""
@@ -269,6 +303,7 @@ class RedisQueueStorage(RoutedQueues, PriorityRedisStorage):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pop_best = self.conn.register_script(POP_BEST_LUA)
+        self._pop_many = self.conn.register_script(POP_MANY_LUA)
 
     def queue_name(self, queue):
         return self.queue_key if not queue or queue == DEFAULT_QUEUE else f"{self.queue_key}.{queue}"
@@ -290,6 +325,15 @@ class RedisQueueStorage(RoutedQueues, PriorityRedisStorage):
         for key, members in by_key.items():
             pipe.zadd(key, members)
         pipe.execute()
+
+    def dequeue_many(self, count):
+        """Up to `count` messages, best first, in one round trip (take_ahead.py); waits
+        as dequeue() does when every queue is empty."""
+        members = self._pop_many(keys=self.read_names(), args=[count])
+        if members:
+            return [member[8:] for member in members]
+        data = self.dequeue()
+        return [] if data is None else [data]
 
     def dequeue(self):
         keys = self.read_names()

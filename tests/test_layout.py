@@ -13,7 +13,7 @@ ENGINE = {
     "settings", "models", "jobs", "hooks", "web", "dashboard", "api", "schedules", "mailer", "media",
     "charts", "limits", "metrics", "openapi", "backup", "litejobs", "schema", "reloader", "httpclient",
     "schedule_edits", "schedule_pages", "database", "job_counts", "job_queries", "schedule_tables", "keys", "openapi_parts",
-    "consumer", "loader", "wakeup", "job_history", "params", "runs", "queue_storage", "queue_status", "group_commit", "sandbox_faults",
+    "consumer", "loader", "wakeup", "job_history", "params", "runs", "queue_storage", "queue_status", "group_commit", "sandbox_faults", "take_ahead",
 }
 
 
