@@ -457,10 +457,10 @@ def new_job(name, args, delay=None, eta=None, priority=None, queue=None, checked
 
 
 def messages_with_rows():
-    """The queue storage when it is the app's SQLite database (QUEUE_URL is DATABASE_URL,
-    the default): a job's row and its message can commit in one transaction."""
+    """The queue storage when it is the app database (QUEUE_URL is DATABASE_URL, the default
+    on SQLite): a job's row and its message can commit in one transaction."""
     storage = huey.storage
-    if huey.immediate or not hasattr(storage, "shares_file") or not storage.shares_file(db.obj):
+    if huey.immediate or not hasattr(storage, "shares_database") or not storage.shares_database(db.obj):
         return None
     return storage
 

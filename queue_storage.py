@@ -21,8 +21,11 @@ import struct
 import time
 
 from huey.registry import Message
+from peewee import PostgresqlDatabase
+from playhouse.db_url import parse as parse_url
 from huey.storage import PostgresStorage, PriorityRedisStorage, SqliteStorage
 
+import dburl
 from database import wait_while_locked, wal_pages
 
 DEFAULT_QUEUE = "default"
@@ -80,10 +83,30 @@ class SqlQueues(RoutedQueues):
         where, params = self._all_queues()
         self.sql(f"delete from {self.task_table} where {where}", params, commit=True)
 
+    def write_in(self, database, items):
+        """Insert (data, priority, queue) items through peewee `database`, in the transaction
+        it has open: with the queue in the app database (shares_database), a job's row
+        and its message commit together, and neither is ever there without the other."""
+        p = self.param
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            params = [v for data, priority, queue in chunk for v in (self.queue_name(queue), self._blob(data), priority or 0)]
+            values = ", ".join([f"({p}, {p}, {p})"] * len(chunk))
+            database.execute_sql(f"insert into {self.task_table} (queue, data, priority) values {values}", params)
+
 
 @functools.lru_cache(maxsize=16)
 def _same_file(path, other):
     return isinstance(other, str) and os.path.realpath(path) == os.path.realpath(other)
+
+
+def same_postgres(dsn, database):
+    """True when `dsn` names the database, host, port and user that peewee `database` connects to."""
+    if not dsn or not isinstance(database, PostgresqlDatabase):
+        return False
+    options = parse_url(dburl.normalize(dsn))
+    ours = dict(database.connect_params, database=database.database)
+    return all(options.get(key) == ours.get(key) for key in ("database", "host", "port", "user"))
 
 
 @functools.lru_cache(maxsize=16)
@@ -159,18 +182,12 @@ class QueueStorage(SqlQueues, SqliteStorage):
         # A read outside a transaction can meet a lock too (while a WAL is reset).
         return wait_while_locked(lambda: parent(query, params, commit, results), self._timeout)
 
-    def shares_file(self, database):
+    def shares_database(self, database):
         """True when peewee `database` is this queue's own SQLite file (see write_in)."""
         return _same_file(self.filename, getattr(database, "database", None))
 
-    def write_in(self, database, items):
-        """Insert (data, priority, queue) items through `database`'s connection, in the
-        transaction it has open: with the queue in the app database, a job's row and
-        its message then commit together, and neither is ever there without the other."""
-        database.cursor().executemany(
-            "insert into task (queue, data, priority) values (?, ?, ?)",
-            [(self.queue_name(queue), self.to_blob(data), priority or 0) for data, priority, queue in items],
-        )
+    def _blob(self, data):
+        return self.to_blob(data)
 
     def enqueue(self, data, priority=None, queue=None):
         self.sql(
@@ -225,6 +242,17 @@ class PostgresQueueStorage(SqlQueues, PostgresStorage):
     @property
     def task_table(self):
         return self.table_task
+
+    def shares_database(self, database):
+        """True when peewee `database` is the PostgreSQL database of this queue (see write_in)."""
+        return same_postgres(self.dsn, database)
+
+    def _blob(self, data):
+        return data
+
+    def write_in(self, database, items):
+        super().write_in(database, items)
+        database.execute_sql("select pg_notify(%s, %s)", (self.channel, ""))  # sent at commit
 
     def enqueue(self, data, priority=None, queue=None):
         with self.db(commit=True) as curs:
