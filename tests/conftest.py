@@ -92,11 +92,11 @@ def pytest_sessionfinish(session):
 # -- Database and queue, fresh for every test ---------------------------------------
 @pytest.fixture(autouse=True)
 def fresh_storage(tmp_path):
-    """A new SQLite app database and SQLite queue in the test's own folder."""
+    """A new SQLite app database in the test's own folder, the queue in it (the default)."""
     database = models.open_database(f"sqlite:///{tmp_path / 'app.db'}")
     models.db.initialize(database)
     models.create_tables()
-    jobs.use_queue(f"sqlite:///{tmp_path / 'queue.db'}")
+    jobs.use_queue(f"sqlite:///{tmp_path / 'app.db'}")
     yield tmp_path
     jobs.huey.storage.close()
     database.close()

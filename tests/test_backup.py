@@ -66,7 +66,7 @@ def site(tmp_path):
     return {
         "DATA_DIR": str(data),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}",
-        "QUEUE_URL": f"sqlite:///{tmp_path / 'queue.db'}",
+        "QUEUE_URL": f"sqlite:///{tmp_path / 'app.db'}",  # the default: the queue in the database
         "FUNCTIONS_DIR": str(tmp_path / "functions"),
     }
 
@@ -115,8 +115,8 @@ def test_backup_taken_while_jobs_are_written_restores_every_row_and_file(tmp_pat
     assert second != first
     again = {"DATA_DIR": str(tmp_path / "again"), "FUNCTIONS_DIR": str(tmp_path / "again-functions")}
     assert cli(tmp_path, "restore", str(second), **again).returncode == 0
-    assert rows(tmp_path / "again" / "litejobs.db") == rows(tmp_path / "app.db")
-    assert rows(tmp_path / "again" / "queue.db") == rows(tmp_path / "queue.db")
+    assert rows(tmp_path / "again" / "litejobs.db") == rows(tmp_path / "app.db")  # the queue's messages too
+    assert not (tmp_path / "again" / "queue.db").exists()
     for folder in ("uploads", "incoming", "certificates", "outbox"):
         assert tree(tmp_path / "again" / folder) == tree(Path(site["DATA_DIR"]) / folder) != {}
     assert tree(tmp_path / "again-functions") == tree(tmp_path / "functions")

@@ -147,7 +147,7 @@ def test_greenlet_consumer_from_gevent_monkey_runs_certificates_and_stops_on_sig
     environ = user_environ(
         tmp_path,
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
-        QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}",
+        QUEUE_URL=f"sqlite:///{tmp_path / 'app.db'}",
         # Every logger at INFO: fontTools logs from gevent's thread pool while greenlets log.
         LOG_LEVEL="info",
         LIBRARY_LOG_LEVEL="info",

@@ -31,10 +31,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 def start_consumer(tmp_path, *args, database_url=None, queue_url=None, data_dir=None, module="fault_tasks.huey", **extra):
     """A standalone `huey_consumer` process on this test's database and queue."""
     environ = base_env()
+    database_url = database_url or os.environ.get("FAULT_DATABASE_URL") or f"sqlite:///{tmp_path / 'app.db'}"
     environ.update(
         DATA_DIR=str(data_dir or tmp_path),
-        DATABASE_URL=database_url or os.environ.get("FAULT_DATABASE_URL") or f"sqlite:///{tmp_path / 'app.db'}",
-        QUEUE_URL=queue_url or os.environ.get("FAULT_QUEUE_URL") or f"sqlite:///{tmp_path / 'queue.db'}",
+        DATABASE_URL=database_url,
+        # The default: a SQLite queue lives in the database (conftest's fresh_storage too).
+        QUEUE_URL=queue_url or os.environ.get("FAULT_QUEUE_URL") or (database_url if database_url.startswith("sqlite:") else f"sqlite:///{tmp_path / 'queue.db'}"),
         HEARTBEAT_INTERVAL="0.3",
         HEARTBEAT_TIMEOUT="2",
         SHUTDOWN_TIMEOUT="20",

@@ -42,7 +42,8 @@ def batch_sizes(log):
 
 def test_concurrent_enqueues_are_written_together_and_each_job_runs_once(tmp_path, api_key, backend):
     """One batch push per storage: a transaction on SQLite and PostgreSQL, one command on Redis."""
-    queue = {"sqlite": f"sqlite:///{tmp_path / 'queue.db'}", "redis": REDIS_URL, "postgresql": POSTGRES_URL}[backend]
+    # SQLite: the default, the queue in the database (rows and messages in one transaction).
+    queue = {"sqlite": f"sqlite:///{tmp_path / 'app.db'}", "redis": REDIS_URL, "postgresql": POSTGRES_URL}[backend]
     database = f"sqlite:///{tmp_path / 'app.db'}"
     web = WebProcess(tmp_path, tmp_path / "web.log", DATABASE_URL=database, QUEUE_URL=queue, LOG_LEVEL="DEBUG")
     try:

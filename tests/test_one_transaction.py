@@ -23,8 +23,7 @@ POSTGRES_REFUSE = (
 @pytest.fixture(params=["sqlite", "postgresql"])
 def one_database(request, fresh_storage):
     """The app database and the queue in one database; yields a function that makes inserts into a table fail."""
-    if request.param == "sqlite":
-        jobs.use_queue(f"sqlite:///{fresh_storage / 'app.db'}")
+    if request.param == "sqlite":  # as fresh_storage leaves it
         yield lambda table: models.db.execute_sql(SQLITE_REFUSE[table])
         return
     database = request.getfixturevalue("postgres_database")
@@ -36,7 +35,7 @@ def one_database(request, fresh_storage):
     finally:
         database.execute_sql(f"drop trigger if exists refuse on {tables['task']}")
         jobs.huey.flush()
-        jobs.use_queue(f"sqlite:///{fresh_storage / 'queue.db'}")
+        jobs.use_queue(f"sqlite:///{fresh_storage / 'app.db'}")
 
 
 def test_the_row_and_its_message_are_written_together(one_database):

@@ -254,7 +254,7 @@ def test_paused_schedule_does_not_run_and_stays_paused_after_a_restart(client, f
     env.update(
         DATA_DIR=str(fresh_storage),
         DATABASE_URL=f"sqlite:///{fresh_storage / 'app.db'}",
-        QUEUE_URL=f"sqlite:///{fresh_storage / 'queue.db'}",
+        QUEUE_URL=f"sqlite:///{fresh_storage / 'app.db'}",
         LOG_LEVEL="WARNING",
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

@@ -246,7 +246,7 @@ def test_an_edit_reaches_a_running_scheduler_in_another_process(client, fresh_st
     env = base_env(
         DATA_DIR=str(fresh_storage),
         DATABASE_URL=f"sqlite:///{fresh_storage / 'app.db'}",
-        QUEUE_URL=f"sqlite:///{fresh_storage / 'queue.db'}",
+        QUEUE_URL=f"sqlite:///{fresh_storage / 'app.db'}",
         LOG_LEVEL="WARNING",
     )
     process = subprocess.Popen(

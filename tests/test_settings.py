@@ -62,7 +62,7 @@ def test_defaults_and_derived_paths(tmp_path):
     result = run_python(code, tmp_path)
     port, host, data_dir, queue_url = result.stdout.split()
     assert (port, host) == ("8000", "127.0.0.1")
-    assert Path(data_dir).is_absolute() and queue_url == f"sqlite:///{Path(data_dir).as_posix()}/queue.db"
+    assert Path(data_dir).is_absolute() and queue_url == f"sqlite:///{Path(data_dir).as_posix()}/litejobs.db"
 
 
 def test_dotenv_is_read_but_environment_wins(tmp_path):

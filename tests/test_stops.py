@@ -74,7 +74,7 @@ def start_consumer(tmp_path, *args, **env):
     environ.update(
         DATA_DIR=str(tmp_path),
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
-        QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}",
+        QUEUE_URL=f"sqlite:///{tmp_path / 'app.db'}",
         LOG_LEVEL="WARNING",
         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
         **env,

@@ -33,7 +33,7 @@ class WebRun:
         environ.update(
             DATA_DIR=str(tmp_path),
             DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
-            QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}",
+            QUEUE_URL=f"sqlite:///{tmp_path / 'app.db'}",
             PORT=str(self.port),
             HEARTBEAT_INTERVAL="0.5",
             PYTHONPATH=os.pathsep.join([str(TESTS / "child_tasks"), str(TESTS), str(ROOT)]),

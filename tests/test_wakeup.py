@@ -30,7 +30,7 @@ def start_consumer(tmp_path, *args):
     environ = base_env(
         DATA_DIR=str(tmp_path),
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
-        QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}",
+        QUEUE_URL=f"sqlite:///{tmp_path / 'app.db'}",
         LOG_LEVEL="WARNING",
         RUN_SCHEDULES="0",  # only the test's jobs (the scheduler still moves jobs that fall due)
         PYTHONPATH=str(ROOT),

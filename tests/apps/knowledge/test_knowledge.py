@@ -219,7 +219,7 @@ def start_consumer(tmp_path, server_url):
     environ.update(
         DATA_DIR=str(tmp_path),
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
-        QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}",
+        QUEUE_URL=f"sqlite:///{tmp_path / 'app.db'}",
         BASE_URL=server_url,
         HEARTBEAT_INTERVAL="0.3",
         HEARTBEAT_TIMEOUT="2",

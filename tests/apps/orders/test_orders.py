@@ -586,7 +586,7 @@ def test_greenlet_consumer_checks_orders_concurrently(client, sandbox, monkeypat
     environ.update(
         DATA_DIR=str(tmp_path),
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
-        QUEUE_URL=f"sqlite:///{tmp_path / 'queue.db'}",
+        QUEUE_URL=f"sqlite:///{tmp_path / 'app.db'}",
         PROVIDER_URL=settings.PROVIDER_URL,
         ORDER_FIRST_CHECK_DELAY="0",
         # The test server's listen backlog is 5: some of 100 connections at once are reset, and retried.
