@@ -194,7 +194,10 @@ def _wait_for_slot(message, limits):
     # A short pause keeps workers from spinning on a queue full of blocked jobs.
     time.sleep(0.05)
     message.recorded = True
-    huey.enqueue(message)
+    try:
+        huey.enqueue(message)
+    except Exception as exc:  # any queue error: logged once per outage; requeue_lost() enqueues it again
+        runs.queue_outage.failed(exc)
     raise CancelExecution("waiting for a concurrency slot", retry=False)
 
 
