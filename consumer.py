@@ -272,9 +272,9 @@ class Consumer(huey_consumer.Consumer):
 
     @property
     def kind(self):
-        from gevent import monkey
-
-        if self.worker_type == "thread" and monkey.is_module_patched("threading"):
+        # gevent patched nothing if it was never imported (a thread consumer need not load it).
+        monkey = sys.modules.get("gevent.monkey")
+        if self.worker_type == "thread" and monkey is not None and monkey.is_module_patched("threading"):
             return "greenlet"
         return self.worker_type
 

@@ -7,6 +7,7 @@ nothing behind.
 """
 
 import datetime
+import functools
 import logging
 import os
 import contextlib
@@ -15,8 +16,6 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
 
 import guard
 import settings
@@ -28,10 +27,18 @@ RENDITIONS = (("web", 1600), ("thumb_640", 640), ("thumb_320", 320))
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 WEBP_OPTIONS = {"quality": 80, "method": 4}
 
-# Pillow's own guard, at our limit: a bomb is refused from its header, before
-# any decoding. Its warning (between 1× and 2× the limit) is made an error too.
-Image.MAX_IMAGE_PIXELS = settings.IMAGE_MAX_PIXELS
-warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+@functools.cache
+def _pillow():
+    """Pillow's Image module, imported at the first image: every web process and
+    consumer imports this module, and most never decode one (Pillow is ~3 MB each)."""
+    from PIL import Image
+
+    # Pillow's own guard, at our limit: a bomb is refused from its header, before
+    # any decoding. Its warning (between 1× and 2× the limit) is made an error too.
+    Image.MAX_IMAGE_PIXELS = settings.IMAGE_MAX_PIXELS
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    return Image
 
 
 class ImageRejected(ValueError):
@@ -97,6 +104,7 @@ def make_renditions(src, dest_dir):
     size being the upright original's. Raises ImageRejected for a file that
     is not such an image; nothing stays in `dest_dir` then.
     """
+    Image = _pillow()
     src, dest_dir = Path(src), Path(dest_dir)
     with _reading(), open(src, "rb") as fp:
         with Image.open(fp, formats=FORMATS) as image:
@@ -119,7 +127,7 @@ def make_renditions(src, dest_dir):
             current = _flatten_mode(_reduced(image))
             del image
             if orientation in _TRANSPOSE:
-                current = current.transpose(_TRANSPOSE[orientation])
+                current = current.transpose(Image.Transpose[_TRANSPOSE[orientation]])
     current.info = {}  # no EXIF, XMP or comments travel on
     written, sizes = [], {}
     try:
@@ -140,13 +148,13 @@ def make_renditions(src, dest_dir):
 
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
 _TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
 }
 
 
@@ -216,6 +224,8 @@ class _reading:
     def __exit__(self, exc_type, exc, tb):
         if exc is None or isinstance(exc, ImageRejected):
             return False
+        from PIL import Image, UnidentifiedImageError  # imported already: the error came from it
+
         if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
             raise ImageRejected(
                 f"image has more pixels than the limit of {settings.IMAGE_MAX_PIXELS} (IMAGE_MAX_PIXELS); "

@@ -25,6 +25,7 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -75,9 +76,13 @@ _lock = threading.Lock()
 
 
 def _current_greenlet():
-    from gevent import getcurrent, monkey
+    # gevent patched nothing if it was never imported (a thread consumer need not load it).
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return None
+    from gevent import getcurrent
 
-    return getcurrent() if monkey.is_module_patched("threading") else None
+    return getcurrent()
 
 
 @huey.pre_execute()

@@ -2,6 +2,7 @@
 code in the web server's event loop; restarted when it dies, stopped with the web process."""
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -137,6 +138,38 @@ def test_health_live_stays_fast_beside_four_cpu_bound_jobs(tmp_path):
     p99 = statistics.quantiles(times, n=100)[98]
     # bench/liveness.py holds the strict figure (20 ms); this bound leaves room for a busy test machine.
     assert p99 < 200, f"/health/live p99 {p99:.1f} ms beside 4 CPU-bound jobs"
+
+
+# What the consumer process imports: not the optional libraries huey and peewee import for other setups.
+LOADED_LIBRARIES = """
+import json, sys
+import supervisor
+
+supervisor.import_jobs()
+import loader
+
+loader.load_apps()  # the apps and engine extensions bring none of them back
+loaded = [name for name in ("gevent", "redis", "psycopg") if name in sys.modules]
+import gevent, psycopg, redis  # noqa: job code still imports them as usual
+print(json.dumps(loaded))
+"""
+
+
+@pytest.mark.parametrize(
+    "urls, loaded",
+    [
+        ({}, []),
+        ({"QUEUE_URL": "redis://127.0.0.1:6379/15"}, ["redis"]),
+        ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test"}, ["psycopg"]),
+        ({"QUEUE_URL": "postgres://postgres@127.0.0.1:5432/test"}, ["psycopg"]),
+    ],
+)
+def test_the_consumer_imports_only_the_libraries_its_setup_uses(tmp_path, urls, loaded):
+    sqlite = {"DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}", "QUEUE_URL": f"sqlite:///{tmp_path / 'queue.db'}"}
+    environ = base_env(DATA_DIR=str(tmp_path), PYTHONPATH=str(ROOT), **{**sqlite, **urls})
+    out = subprocess.run([sys.executable, "-c", LOADED_LIBRARIES], cwd=ROOT, env=environ, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout) == loaded
 
 
 # -- WEB_PROCESSES: several web processes on one port (Linux, SO_REUSEPORT) ------------------------

@@ -31,9 +31,10 @@ import sqlite3
 import threading
 import uuid
 
-import numpy
-
 import settings
+
+# numpy is imported where a store uses it, not here: the app is loaded by every
+# web process and consumer, most of which never search or sync (about 10 MB each).
 
 
 class StoreError(Exception):
@@ -41,6 +42,8 @@ class StoreError(Exception):
 
 
 def _unit(vector):
+    import numpy
+
     array = numpy.asarray(vector, dtype=numpy.float32)
     norm = float(numpy.linalg.norm(array))
     return array / norm if norm else array
@@ -157,6 +160,8 @@ class SqliteStore:
                 f"the query has {query.shape[0]} dimensions but the store holds {matrix.shape[1]}; "
                 "after changing the embeddings model run a full sync (POST /api/v1/knowledge/sync)"
             )
+        import numpy
+
         scores = matrix @ query
         limit = min(limit, len(ids))
         best = numpy.argpartition(-scores, limit - 1)[:limit]
@@ -170,6 +175,8 @@ class SqliteStore:
 
     def _matrix(self):
         """(ids, document ids, matrix of unit vectors), read again when another write happened."""
+        import numpy
+
         with self._read() as conn:
             # One read transaction: the version and the rows it counts are read together.
             conn.execute("BEGIN")

@@ -6,4 +6,7 @@ left alone, so gevent still patches before anything else imports."""
 import sys
 
 if sys.argv and sys.argv[0].endswith("supervisor.py"):
+    import supervisor
+
+    supervisor.import_jobs()  # first, as the consumer does: without the libraries it does not use
     import cpu_tasks  # noqa: F401
