@@ -70,7 +70,11 @@ def reap(now=None):
     return recovered + requeue_lost(now)
 
 
-_suspects = set()  # waiting jobs whose message was missing at the last look
+_suspects = {}  # waiting jobs whose message was missing at the last look: id -> time.monotonic() of the first
+# A worker holds a message it took before its row says so: a quick run is claimed
+# with its outcome or after runs.CLAIM_AFTER, a message taken ahead waits up to
+# take_ahead.STALE before it goes back. Missing for this long, a message is lost.
+LOST_AFTER = 2.0
 REQUEUE_PAGE = 1000
 
 
@@ -80,16 +84,17 @@ def requeue_lost(now=None):
     huey deletes a message when a worker takes it, so a consumer killed between
     taking a message and marking its job running loses it. A waiting job older
     than HEARTBEAT_TIMEOUT whose message is in neither the queue nor the
-    schedule at two looks in a row (a heartbeat apart) is enqueued again. The
+    schedule at looks LOST_AFTER seconds or more apart is enqueued again. The
     rows are read a page at a time, all of them. Rows left `pending` that long
     belong to enqueues answered with an error: they are removed.
     """
     global _suspects
+    seen = time.monotonic()
     cutoff = (now or utcnow()) - datetime.timedelta(seconds=settings.HEARTBEAT_TIMEOUT)
     Job.delete().where((Job.status == "pending") & (Job.enqueued_at < cutoff)).execute()
     waiting = Job.select().where(Job.status.in_(WAITING) & (Job.enqueued_at < cutoff))
     if not waiting.exists():
-        _suspects = set()
+        _suspects = {}
         return 0
     present = {message.id for message in huey.pending()} | {message.id for message in huey.scheduled()}
     missing = []
@@ -105,7 +110,7 @@ def requeue_lost(now=None):
         )
     requeued = 0
     for job in missing:
-        if job.id not in _suspects or job.name not in FUNCTIONS:
+        if seen - _suspects.get(job.id, seen) < LOST_AFTER or job.name not in FUNCTIONS:
             continue
         claim = (Job.id == job.id) & (Job.status == job.status) & (Job.recoveries == job.recoveries)
         error = "queue message lost with a consumer; enqueued again"
@@ -120,7 +125,7 @@ def requeue_lost(now=None):
             )
             logger.warning("job %s (%s): %s", job.id, job.name, error)
             requeued += 1
-    _suspects = {job.id for job in missing}
+    _suspects = {job.id: _suspects.get(job.id, seen) for job in missing}
     return requeued
 
 

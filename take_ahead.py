@@ -17,6 +17,7 @@ requeue_lost, as a message taken by a worker killed before it ran.
 
 import collections
 import logging
+import threading
 import time
 
 logger = logging.getLogger("litejobs.take_ahead")
@@ -31,27 +32,34 @@ class TakeAhead:
         self.extra = 0  # more messages one take may bring (Consumer: its thread or greenlet workers, less one)
         self._wake = wake  # set when messages wait here: idle workers take them
         self._held = collections.deque()  # (time.monotonic() when taken, message data)
+        self._lock = threading.Lock()
         self._off_until = 0.0
 
     def take(self, storage):
         """The data of the next message: one held here, else from `storage`; None when there is none."""
-        try:
-            taken_at, data = self._held.popleft()
-        except IndexError:
-            pass
-        else:
-            now = time.monotonic()
-            if now - taken_at > MAX_WAIT:
-                self._off_until = now + PAUSE
-            return data
-        if not self.extra or not hasattr(storage, "dequeue_many") or time.monotonic() < self._off_until:
+        if not self.extra or not hasattr(storage, "dequeue_many"):
             return storage.dequeue()
-        batch = storage.dequeue_many(1 + self.extra)
-        if len(batch) > 1:
-            now = time.monotonic()
-            self._held.extend((now, data) for data in batch[1:])
-            self._wake.set()
-        return batch[0] if batch else None
+        # One take at a time: a worker that comes while another takes waits for what it
+        # brings, so the messages of this process still start in their queue's order.
+        # (The storage serves one call of this process at a time anyway.)
+        with self._lock:
+            try:
+                taken_at, data = self._held.popleft()
+            except IndexError:
+                pass
+            else:
+                now = time.monotonic()
+                if now - taken_at > MAX_WAIT:
+                    self._off_until = now + PAUSE
+                return data
+            if time.monotonic() < self._off_until:
+                return storage.dequeue()
+            batch = storage.dequeue_many(1 + self.extra)
+            if len(batch) > 1:
+                now = time.monotonic()
+                self._held.extend((now, data) for data in batch[1:])
+                self._wake.set()
+            return batch[0] if batch else None
 
     def give_back(self, huey, queue_of, older_than=0.0):
         """Put the messages held here for `older_than` seconds or more back on their queues;

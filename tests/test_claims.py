@@ -234,7 +234,10 @@ def test_requeue_lost_pages_through_every_waiting_row(monkeypatch):
     ids = jobs.submit_many("ping", [{}] * 180)
     Job.update(enqueued_at=old).where(Job.id.in_(ids)).execute()
     jobs.huey.flush()  # every message lost
+    monkeypatch.setattr(consumer_module, "LOST_AFTER", 0.3)
     assert requeue_lost() == 0  # first look: suspects
+    assert requeue_lost() == 0  # a worker may still hold them, unclaimed: too soon
+    time.sleep(0.3)
     assert requeue_lost() == 180
     assert jobs.huey.pending_count() == 180
 
