@@ -332,9 +332,12 @@ def html_error(status, message):
 
 
 def add_security_headers():
+    # bottle's own dict of the response's headers, under the names as bottle writes them
+    # (Title-Case, as SECURITY_HEADERS are): no name normalised four times per request.
+    headers = response.headers.dict
     for name, value in SECURITY_HEADERS.items():
-        if name not in response.headers:  # a page may set its own, stricter one
-            response.set_header(name, value)
+        if name not in headers:  # a page may set its own, stricter one
+            headers[name] = [value]
 
 
 def request_id():
