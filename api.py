@@ -143,7 +143,7 @@ def _decorator(app, path, method, public, admin=False):
                     address = environ.get("litejobs.client_address")  # web.py's before_request found it
                     check_rate("ip", client_address() if address is None else address, settings.RATE_LIMIT_PER_IP)
                 if not public:
-                    environ["litejobs.api_key"] = authenticate(environ)
+                    environ["litejobs.api_key"] = authenticate()
                     check_scope(admin)
                 result = handler(*args, **kwargs)
             except ApiError as exc:
@@ -187,10 +187,9 @@ _auth_cache = {}  # (database, SHA-256 of the key) -> (ApiKey row, monotonic exp
 key_calls = models.CallCounter()
 
 
-def authenticate(environ=None):
-    environ = request.environ if environ is None else environ
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else environ.get("HTTP_X_API_KEY", "")
+def authenticate():
+    header = request_header("Authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else request_header("X-API-Key", "")
     row = _known_key(key)
     if row is None:
         raise ApiError(
@@ -312,7 +311,7 @@ def host_allowed(host):
 
 def cors_origin():
     """The request's Origin when CORS_ORIGINS lets it call /api/v1, else None."""
-    origin = request.environ.get("HTTP_ORIGIN")
+    origin = request_header("Origin")
     if origin and request.path.startswith("/api/v1/"):
         if "*" in settings.CORS_ORIGINS or origin in settings.CORS_ORIGINS:
             return origin
@@ -338,6 +337,17 @@ def add_security_headers():
     for name, value in SECURITY_HEADERS.items():
         if name not in headers:  # a page may set its own, stricter one
             headers[name] = [value]
+
+
+def request_header(name, default=None):
+    """request.get_header(name, default), read straight from the environ when the value is
+    ASCII (nearly always), so no header view is built and no value decoded per request."""
+    value = request.environ.get("HTTP_" + name.upper().replace("-", "_"))
+    if value is None:
+        return default
+    if value.isascii():
+        return value
+    return request.get_header(name, default)  # bottle reads the bytes gevent gave as latin-1 again as UTF-8
 
 
 def request_id():

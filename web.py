@@ -75,6 +75,7 @@ from api import (
     json_response,
     query_number,
     read_json,
+    request_header,
     request_id,
     router,
 )
@@ -97,12 +98,12 @@ def before_request():
     environ = request.environ
     path, method = request.path, request.method
     # Health checks and scrapes come straight to the process, by address.
-    if not path.startswith(("/health/", "/metrics")) and not host_allowed(environ.get("HTTP_HOST", "")):
+    if not path.startswith(("/health/", "/metrics")) and not host_allowed(request_header("Host", "")):
         raise error_response(400, "bad_host", "this Host is not in TRUSTED_HOSTS")
-    if method == "OPTIONS" and path.startswith("/api/v1/") and environ.get("HTTP_ORIGIN"):
+    if method == "OPTIONS" and path.startswith("/api/v1/") and request_header("Origin"):
         origin = cors_origin()
         if origin is None:
-            raise error_response(403, "forbidden", f"origin {environ['HTTP_ORIGIN'][:100]!r} is not in CORS_ORIGINS")
+            raise error_response(403, "forbidden", f"origin {request_header('Origin')[:100]!r} is not in CORS_ORIGINS")
         raise HTTPResponse(status=204, headers={"Access-Control-Allow-Origin": origin, "Vary": "Origin", **CORS_HEADERS})
     # A body over the route's cap is refused before it is read; a malformed form is a 400, not a 500.
     try:
@@ -191,7 +192,7 @@ def invoke(name):
         if delay is not None:
             raise ApiError(422, "invalid_argument", "eta: give either delay or eta, not both", "eta")
     key = current_key()
-    idempotency_key = request.environ.get("HTTP_IDEMPOTENCY_KEY")
+    idempotency_key = request_header("Idempotency-Key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
         raise ApiError(422, "invalid_argument", "Idempotency-Key: must be 1 to 200 characters", "Idempotency-Key")
     # Written together with the calls arriving at the same time (group_commit.py).
