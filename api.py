@@ -11,9 +11,9 @@ control characters. Apps import this module, never web.py.
 import ipaddress
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from html import escape
 
 from bottle import HTTPResponse, request, response
@@ -41,8 +41,9 @@ class ApiError(Exception):
 
 
 def json_response(status, body, headers=None):
+    # Bytes, so bottle need not look the charset up in Content-Type to encode it.
     return HTTPResponse(
-        guard.dumps(body, ensure_ascii=False),
+        guard.dumps(body, ensure_ascii=False).encode(),
         status=status,
         headers={"Content-Type": "application/json; charset=utf-8", **(headers or {})},
     )
@@ -104,6 +105,8 @@ def read_json():
 
 def query_number(name, low, high, kind=float, default=None):
     """A numeric query parameter within [low, high], or 422 naming it."""
+    if not request.environ.get("QUERY_STRING"):
+        return default  # most calls have none: no parsing at all
     raw = request.query.getunicode(name)
     if raw is None or raw == "":
         return default
@@ -130,13 +133,17 @@ def router(app):
 
 
 def _decorator(app, path, method, public, admin=False):
+    limited = path.startswith("/api/")
+
     def decorator(handler):
         def wrapper(*args, **kwargs):
             try:
-                if path.startswith("/api/"):
-                    check_rate("ip", client_address(), settings.RATE_LIMIT_PER_IP)
+                environ = request.environ
+                if limited:
+                    address = environ.get("litejobs.client_address")  # web.py's before_request found it
+                    check_rate("ip", client_address() if address is None else address, settings.RATE_LIMIT_PER_IP)
                 if not public:
-                    request.environ["litejobs.api_key"] = authenticate()
+                    environ["litejobs.api_key"] = authenticate()
                     check_scope(admin)
                 result = handler(*args, **kwargs)
             except ApiError as exc:
@@ -173,16 +180,16 @@ def _decorator(app, path, method, public, admin=False):
 
 # Every API call looks its key up: a key found is remembered for this many seconds,
 # which saves the key query per request (bench/, issue 7). A cached key is trusted
-# only while KeyRevision, which every revoke through litejobs bumps, is unchanged:
-# a revoke works at once in every web process.
+# only while KeyRevision.token(), which every revoke through litejobs changes, is
+# unchanged: a revoke works at once in every web process.
 AUTH_CACHE_SECONDS = 5.0
 _auth_cache = {}  # (database, SHA-256 of the key) -> (ApiKey row, monotonic expiry, key revision)
 key_calls = models.CallCounter()
 
 
 def authenticate():
-    header = request.get_header("Authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else request.get_header("X-API-Key", "")
+    header = request_header("Authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else request_header("X-API-Key", "")
     row = _known_key(key)
     if row is None:
         raise ApiError(
@@ -203,7 +210,7 @@ def _known_key(key):
     cache_key = (models.db.obj, ApiKey.hash(key))
     row, expires, seen = _auth_cache.get(cache_key, (None, 0.0, None))
     now = time.monotonic()
-    revision = models.KeyRevision.current()  # read before the key, so a revoke in between is not missed
+    revision = models.KeyRevision.token()  # read before the key, so a revoke in between is not missed
     if row is not None and now < expires and revision == seen:
         return row
     row = ApiKey.authenticate(key)
@@ -304,7 +311,7 @@ def host_allowed(host):
 
 def cors_origin():
     """The request's Origin when CORS_ORIGINS lets it call /api/v1, else None."""
-    origin = request.get_header("Origin")
+    origin = request_header("Origin")
     if origin and request.path.startswith("/api/v1/"):
         if "*" in settings.CORS_ORIGINS or origin in settings.CORS_ORIGINS:
             return origin
@@ -324,15 +331,31 @@ def html_error(status, message):
 
 
 def add_security_headers():
+    # bottle's own dict of the response's headers, under the names as bottle writes them
+    # (Title-Case, as SECURITY_HEADERS are): no name normalised four times per request.
+    headers = response.headers.dict
     for name, value in SECURITY_HEADERS.items():
-        if name not in response.headers:  # a page may set its own, stricter one
-            response.set_header(name, value)
+        if name not in headers:  # a page may set its own, stricter one
+            headers[name] = [value]
+
+
+def request_header(name, default=None):
+    """request.get_header(name, default), read straight from the environ when the value is
+    ASCII (nearly always), so no header view is built and no value decoded per request."""
+    value = request.environ.get("HTTP_" + name.upper().replace("-", "_"))
+    if value is None:
+        return default
+    if value.isascii():
+        return value
+    return request.get_header(name, default)  # bottle reads the bytes gevent gave as latin-1 again as UTF-8
 
 
 def request_id():
-    if "litejobs.request_id" not in request.environ:
-        request.environ["litejobs.request_id"] = uuid.uuid4().hex[:12]
-    return request.environ["litejobs.request_id"]
+    environ = request.environ
+    found = environ.get("litejobs.request_id")
+    if found is None:
+        found = environ["litejobs.request_id"] = os.urandom(6).hex()  # 12 hex digits, as uuid4().hex[:12] gave
+    return found
 
 
 def current_key():

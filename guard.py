@@ -65,13 +65,21 @@ def _object(pairs):
     return value
 
 
+# Built once: json.loads with hooks builds a new decoder for every call.
+_DECODER = json.JSONDecoder(parse_constant=_NonFinite, parse_float=_parse_float, object_pairs_hook=_object)
+
+
 def loads(text):
     """Strict JSON from `text` (str or bytes); raises Refused for what JSON or our limits do not allow.
 
     Plain syntax errors raise ValueError, as json.loads does.
     """
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads reads bytes
+    elif text.startswith("\ufeff"):  # json.loads' own error for it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
-        value = json.loads(text, parse_constant=_NonFinite, parse_float=_parse_float, object_pairs_hook=_object)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise Refused(400, "bad_json", f"JSON nested deeper than {MAX_DEPTH} levels (the limit)") from None
     except _DuplicateKey as exc:
@@ -139,9 +147,15 @@ def finite(value):
     return value
 
 
+# The API's answers: built once, as json.dumps builds an encoder for every call with options.
+_API_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value, **options):
     """json.dumps that never writes NaN or Infinity (they become null)."""
     try:
+        if options == {"ensure_ascii": False}:
+            return _API_ENCODER.encode(value)
         return json.dumps(value, allow_nan=False, **options)
     except ValueError:
         return json.dumps(finite(value), allow_nan=False, **options)

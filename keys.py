@@ -5,11 +5,12 @@ written once a second."""
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import threading
 import time
 
-from peewee import BooleanField, CharField, DateTimeField, IntegerField
+from peewee import BooleanField, CharField, DateTimeField, IntegerField, SqliteDatabase
 
 from database import BaseModel, db, isoformat, utcnow
 
@@ -66,6 +67,7 @@ class ApiKey(BaseModel):
         with db.atomic():
             cls.update(revoked=True).where(cls.id == chosen[0].id).execute()
             KeyRevision.bump()
+        KeyRevision.signal()  # after the commit: a process that sees it finds the key revoked
         return chosen[0]
 
     def to_dict(self):
@@ -125,7 +127,49 @@ class KeyRevision(BaseModel):
 
     @classmethod
     def bump(cls):
+        """Count one more revoke; call signal() once the transaction is committed."""
         cls.insert(id=1, number=1).on_conflict(conflict_target=[cls.id], update={cls.number: cls.number + 1}).execute()
+
+    @classmethod
+    def token(cls):
+        """A value that changes whenever the revision does, read as cheaply as can be.
+
+        On a SQLite file: the state of its signal file, one stat() and no query, so
+        an API call whose key is cached needs no database connection (most enqueues
+        need none: group_commit.py writes them). Elsewhere: the number itself.
+        """
+        path = signal_file(db.obj)
+        if path is None:
+            return cls.current()
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return "no revoke yet"
+        except OSError:
+            return cls.current()
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    @classmethod
+    def signal(cls):
+        """Tell every process on this SQLite file that the revision changed: one byte more in its signal file."""
+        path = signal_file(db.obj)
+        if path is None:
+            return
+        try:
+            with open(path, "ab") as file:
+                file.write(b"\n")
+        except OSError as exc:  # the other processes then drop the key within AUTH_CACHE_SECONDS (api.py)
+            logger.warning("could not write %s, so other web processes may take a few seconds to see the revoke: %s", path, exc)
+
+
+def signal_file(database):
+    """The file beside a SQLite database file whose every change means a key was revoked, or None."""
+    if not isinstance(database, SqliteDatabase):
+        return None
+    name = database.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return f"{name}-keys"
 
 
 class CallCounter:

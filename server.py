@@ -50,6 +50,7 @@ class RequestHeaders:
 
     def __init__(self, pairs):
         self._pairs = pairs
+        self._first = None  # lower-case name -> the first value, made at the first get()
 
     @classmethod
     def read(cls, rfile, *_):
@@ -79,17 +80,19 @@ class RequestHeaders:
             pairs.append((name, value.lstrip(" \t")))
 
     def get(self, name, default=None):
-        name = name.lower()
-        for key, value in self._pairs:
-            if key.lower() == name:
-                return value
-        return default
+        # gevent asks for six or more headers per request: one index, not a scan each.
+        if self._first is None:
+            self._first = {}
+            for key, value in self._pairs:
+                self._first.setdefault(key.lower(), value)
+        return self._first.get(name.lower(), default)
 
     getheader = get
 
     def __delitem__(self, name):
         name = name.lower()
         self._pairs = [(key, value) for key, value in self._pairs if key.lower() != name]
+        self._first = None
 
     @property
     def headers(self):
@@ -99,6 +102,16 @@ class RequestHeaders:
     def typeheader(self):
         return self.get("content-type")
 
+    def environ_items(self):
+        """The WSGI environ's HTTP_* items, as gevent's WSGIHandler._headers makes them from
+        `headers`, without writing each header out as a line and splitting it again."""
+        for name, value in self._pairs:
+            if "_" in name:
+                continue  # gevent drops these: HTTP_X_A would not tell X-A from X_A
+            key = name.replace("-", "_").upper()
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                yield "HTTP_" + key, value.strip()
+
 
 class LimitedHandler(WSGIHandler):
     """gevent's handler with a header-read deadline and an idle keep-alive timeout."""
@@ -107,6 +120,9 @@ class LimitedHandler(WSGIHandler):
 
     def log_request(self):
         pass  # there is no access log (log=None): gevent would still format its line
+
+    def _headers(self):
+        return self.headers.environ_items()
 
     header_timeout = 30.0
     idle_timeout = 60.0

@@ -31,7 +31,6 @@ import sys
 from pathlib import Path
 
 from bottle import BaseRequest, Bottle, HTTPResponse, request, response
-from peewee import PeeweeException
 
 
 import backup
@@ -76,6 +75,7 @@ from api import (
     json_response,
     query_number,
     read_json,
+    request_header,
     request_id,
     router,
 )
@@ -89,23 +89,44 @@ BaseRequest.MEMFILE_MAX = settings.MAX_BODY_BYTES
 app = Bottle()
 api = router(app)
 
+# -- Hooks: one before and one after every request ------------------------------------
+# One function each rather than one per concern: bottle calls every hook and each
+# reads the request through its thread-local again, for every API call.
 @app.hook("before_request")
-def check_host_and_preflight():
-    """Refuse unknown Host names; answer CORS preflight requests for /api/v1."""
-    path = request.path
+def before_request():
+    """Refuse unknown Host names, answer CORS preflights, cap the body; name the request and its client."""
+    environ = request.environ
+    path, method = request.path, request.method
     # Health checks and scrapes come straight to the process, by address.
-    if not path.startswith(("/health/", "/metrics")) and not host_allowed(request.get_header("Host", "")):
+    if not path.startswith(("/health/", "/metrics")) and not host_allowed(request_header("Host", "")):
         raise error_response(400, "bad_host", "this Host is not in TRUSTED_HOSTS")
-    if request.method == "OPTIONS" and path.startswith("/api/v1/") and request.get_header("Origin"):
+    if method == "OPTIONS" and path.startswith("/api/v1/") and request_header("Origin"):
         origin = cors_origin()
         if origin is None:
-            raise error_response(403, "forbidden", f"origin {request.get_header('Origin')[:100]!r} is not in CORS_ORIGINS")
+            raise error_response(403, "forbidden", f"origin {request_header('Origin')[:100]!r} is not in CORS_ORIGINS")
         raise HTTPResponse(status=204, headers={"Access-Control-Allow-Origin": origin, "Vary": "Origin", **CORS_HEADERS})
+    # A body over the route's cap is refused before it is read; a malformed form is a 400, not a 500.
+    try:
+        guard.cap_body(environ, body_limit(path))
+        if method == "POST" and not is_api_path(path) and not path.startswith("/sandbox/"):
+            guard.parse_form(request)
+    except guard.Refused as exc:
+        raise error_response(exc.status, exc.code, exc.message) from None
+    request_id()
+    # The dashboard's login throttle counts per client, behind a proxy too.
+    environ["litejobs.client_address"] = client_address()
+    # No connection is opened here: the first query opens one (peewee's autoconnect),
+    # and a handler that cannot have one answers 503 itself. Most enqueues never
+    # query: the first call of a group commit writes for the others (group_commit.py).
 
 
 @app.hook("after_request")
-def finish_response():
-    """Security and CORS headers on every answer; count it for /metrics."""
+def after_request():
+    """Close the database connection and the body's files; security, CORS and id headers; count for /metrics."""
+    response.set_header("X-Request-Id", request_id())
+    if not models.db.is_closed() and not models.db.in_transaction():
+        models.db.close()
+    guard.close_files(request.environ)
     add_security_headers()
     origin = cors_origin()
     if origin is not None:
@@ -116,43 +137,6 @@ def finish_response():
     # An exception still in flight here becomes bottle's 500 right after this hook.
     status = 500 if sys.exc_info()[1] is not None else response.status_code
     metrics.count_request(route.rule if route else None, request.method, status)
-
-
-# -- Bodies: a cap per route, forms parsed before any handler -----------------------
-@app.hook("before_request")
-def check_body():
-    """Refuse a body over the route's cap before reading it; a malformed form is a 400, not a 500."""
-    try:
-        guard.cap_body(request.environ, body_limit(request.path))
-        if request.method == "POST" and not is_api_path(request.path) and not request.path.startswith("/sandbox/"):
-            guard.parse_form(request)
-    except guard.Refused as exc:
-        raise error_response(exc.status, exc.code, exc.message) from None
-
-
-@app.hook("after_request")
-def close_body_files():
-    guard.close_files(request.environ)
-
-
-
-# -- Connections and errors ------------------------------------------------------
-@app.hook("before_request")
-def open_connection():
-    request_id()
-    # The dashboard's login throttle counts per client, behind a proxy too.
-    request.environ["litejobs.client_address"] = client_address()
-    try:
-        models.db.connect(reuse_if_open=True)
-    except PeeweeException:
-        pass  # Handlers that need the database answer 503 themselves.
-
-
-@app.hook("after_request")
-def close_connection():
-    response.set_header("X-Request-Id", request_id())
-    if not models.db.is_closed() and not models.db.in_transaction():
-        models.db.close()
 
 
 def _error_page(error):
@@ -208,7 +192,7 @@ def invoke(name):
         if delay is not None:
             raise ApiError(422, "invalid_argument", "eta: give either delay or eta, not both", "eta")
     key = current_key()
-    idempotency_key = request.get_header("Idempotency-Key")
+    idempotency_key = request_header("Idempotency-Key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 200:
         raise ApiError(422, "invalid_argument", "Idempotency-Key: must be 1 to 200 characters", "Idempotency-Key")
     # Written together with the calls arriving at the same time (group_commit.py).

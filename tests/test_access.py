@@ -173,6 +173,16 @@ def test_admin_api_lists_and_revokes_keys(client, server_url):
     assert "temporary" not in [key["name"] for key in client.get("/api/v1/keys").json["keys"]]
 
 
+def test_a_revoke_outside_the_api_is_seen_at_the_next_call(client, server_url):
+    """As the command line revokes: this process's key cache is not emptied, yet the key stops at once."""
+    _, plain = models.ApiKey.create_key("elsewhere", scope="read")
+    other = Client(server_url, plain)
+    assert other.get("/api/v1/jobs").status == 200  # now in the key cache
+    models.ApiKey.revoke(plain[:8])
+    assert_error(other.get("/api/v1/jobs"), 401, "unauthorized")
+    assert client.get("/api/v1/jobs").status == 200
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_a_revoke_works_at_once_in_every_web_process(tmp_path):

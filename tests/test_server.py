@@ -230,12 +230,15 @@ def test_a_response_arrives_whole_in_one_read_from_the_real_server(web):
         b"Host: a\nTransfer-Encoding: chunked\n\n",
         b"Host: a\r\nNot a header\r\nX-After: 1\r\n\r\n",
         b"Host: caf\xe9\r\n\r\n",
+        b"Host: a\r\nX_Under: 1\r\nContent-Length: 0\r\nX-Pad:  v \t\r\n\r\n",
     ],
 )
 def test_request_headers_read_as_http_client_reads_them(raw):
     """server.RequestHeaders replaces http.client.parse_headers (and the email package) for speed, not meaning."""
     import io
     from http import client
+
+    from gevent.pywsgi import WSGIHandler
 
     import server
 
@@ -244,6 +247,9 @@ def test_request_headers_read_as_http_client_reads_them(raw):
     for name in ("host", "Content-Length", "X-TWICE", "authorization", "transfer-encoding", "x-after", "missing"):
         assert ours.get(name) == theirs.get(name)
     assert ours.typeheader == theirs.get("content-type")
+    handler = object.__new__(server.LimitedHandler)
+    handler.headers = ours
+    assert list(handler._headers()) == list(WSGIHandler._headers(handler))  # gevent's, from the header lines
 
 
 def test_request_headers_keep_http_clients_limits():
