@@ -22,8 +22,10 @@ import settings
 db = DatabaseProxy()
 
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
-# `pending`, never shown: a row written before its queue message, until the message is
-# in the queue. A consumer does not run a pending job, so a failed enqueue never runs.
+# `pending`, never shown: with a queue apart from the database (Redis, another file), a
+# row written before its queue message, until the message is in the queue. A consumer
+# does not run a pending job, so a failed enqueue never runs. With the queue in the
+# database (the default) the row and its message commit together: no pending step.
 WAITING = ("scheduled", "queued", "retrying")
 STATUSES = WAITING + ("running",) + TERMINAL
 

@@ -1,12 +1,13 @@
 """litejobs group commit: enqueues that arrive together share their writes.
 
-jobs.submit runs three write transactions per call: the row goes in
-`pending`, the message is pushed, the row is confirmed `queued`. Under load
-the web process answered a few hundred enqueues a second, most of each spent
-in those commits (bench/web_rows.py --profile). Here the calls that arrive
-while a batch forms join it, and a batch is written as one call would be:
-one INSERT transaction for every row, one push of every message (push_messages),
-one confirm UPDATE (and one check of the disk reserve). Each caller waits for its batch and gets its own job, or
+Each jobs.submit call commits at least once (its row and message together
+when the queue is in the database, else the row `pending`, the push, the
+confirmation). Under load the web process answered a few hundred enqueues a
+second, most of each spent in those commits (bench/web_rows.py --profile).
+Here the calls that arrive while a batch forms join it, and a batch is
+written as one call would be: one transaction for every row and message, or
+one INSERT, one push of every message (push_messages) and one confirm UPDATE
+(and one check of the disk reserve). Each caller waits for its batch and gets its own job, or
 the error the batch met — the same Unavailable (503) submit raises, for every
 call of the batch; a failed push removes every row, so none of them runs.
 
