@@ -128,11 +128,9 @@ class LitejobsHuey(Huey):
         importlib.import_module("loader").load_apps()
         return importlib.import_module("consumer").Consumer(self, **options)
 
-    # litejobs cancels a job in its history, never with huey's revoke flags: cancel()
-    # marks it canceled and the start UPDATE (Job.mark_running) refuses a finished
-    # job. So the two look-ups huey makes around every run (read the job's revoke
-    # flag, clear it afterwards) are skipped: two queue round trips per job, a
-    # tenth of a job's cost on Redis and PostgreSQL (bench/, issue 7).
+    # litejobs cancels a job in its history, never with huey's revoke flags (cancel(),
+    # Job.mark_running), so huey's two look-ups around every run (read the revoke flag,
+    # clear it) are skipped: a tenth of a job's cost on Redis and PostgreSQL (bench/).
     def is_revoked(self, task, timestamp=None, peek=True):
         return False
 
@@ -601,10 +599,8 @@ def fail_now(message):
 CONSUMER_ID = None  # this process's consumer, set when it starts (consumer.Consumer.start)
 
 
-# -- Periodic work ------------------------------------------------------------------
-# Housekeeping jobs of schedules.SCHEDULES, and the retry policies and batch
-# sizes the periodic and mail jobs of every module share. Each is safe to run
-# twice: it recomputes from the data, or marks what it sent (mailer.MailSent).
+# -- Periodic work: housekeeping jobs of schedules.SCHEDULES, and the retry policies and
+# batch sizes every module's periodic and mail jobs share. Each is safe to run twice.
 MAIL_RETRY = {"retries": 5, "retry_delay": 30, "retry_backoff": 2}  # then 1, 2, 4 and 8 minutes
 PERIODIC_RETRY = {"retries": 2, "retry_delay": 60}
 PRUNE_BATCH = 500
